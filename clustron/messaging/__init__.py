@@ -1,0 +1,1 @@
+"""Clustron's messaging layer."""

@@ -1,0 +1,1 @@
+"""Clustron's transport layer."""

@@ -1,0 +1,1 @@
+"""Clustron's wire layer."""
