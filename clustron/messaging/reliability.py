@@ -1,0 +1,507 @@
+"""
+Reliable delivery: acknowledgements, retransmission and duplicate filtering.
+
+L{ReliableSender} transmits an envelope at once and retransmits it, after
+capped exponential backoff delays with full jitter
+(L{clustron.backoff.Backoff}), until the destination acknowledges it, the
+destination is declared dead or leaves (the send fails with
+L{clustron.errors.DeliveryFailed}), or the caller cancels the Deferred.
+
+Flow control, per destination: at most C{max_in_flight} envelopes are
+transmitted and unacknowledged at once. Envelopes submitted beyond that wait
+in a queue of at most C{max_pending}, in submission order, and are first
+transmitted as acknowledgements free slots; a submission beyond that fails
+at once with L{clustron.errors.QueueFull}. So memory per destination is
+bounded by C{max_in_flight + max_pending} envelopes.
+
+L{ReliableReceiver} filters duplicates through an
+L{IDuplicateFilter<clustron.messaging.interfaces.IDuplicateFilter>} and
+acknowledges every envelope it took, and every duplicate again (the first
+acknowledgement may have been lost). An envelope the layer above could not
+take (its reorder buffer was full) is neither recorded nor acknowledged, so
+its sender retransmits it later.
+
+Acknowledgements are per message id and may be batched: an ack envelope is
+C{{"type": "ack", "ids": ["n1:7:42", ...]}}. Ordered streams do not need
+cumulative acks for correctness, and per-id acks stay correct whatever the
+arrival order, so that is what this module does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from clustron.backoff import Backoff
+from clustron.config import MessagingConfig
+from clustron.errors import ClustronError, DeliveryFailed, ProtocolViolation, QueueFull
+from clustron.messaging.dedup import DedupWindow
+from clustron.messaging.ids import MessageId
+from clustron.messaging.interfaces import IDuplicateFilter, IReliableReceiver, IReliableSender
+
+log = Logger()
+
+_DEFAULTS = MessagingConfig()
+
+#: The key of an envelope that holds its message id (string form).
+ID_KEY = "id"
+
+#: The C{"type"} of acknowledgement envelopes.
+ACK_TYPE = "ack"
+
+#: The most ids an acknowledgement envelope may carry.
+MAX_ACK_IDS = 4096
+
+Envelope = dict[str, Any]
+
+
+def ack_envelope(ids: Iterable[MessageId]) -> Envelope:
+    """
+    @return: an acknowledgement envelope for C{ids}.
+    """
+    return {"type": ACK_TYPE, "ids": [str(msg_id) for msg_id in ids]}
+
+
+def parse_ack(envelope: object) -> list[MessageId]:
+    """
+    Read an acknowledgement envelope received from a peer.
+
+    @return: the ids it acknowledges.
+    @raise ProtocolViolation: C{"bad_ack"} when it is malformed.
+    """
+    if not isinstance(envelope, dict) or envelope.get("type") != ACK_TYPE:
+        raise ProtocolViolation("bad_ack", "not a dict with type 'ack'")
+    ids = envelope.get("ids")
+    if not isinstance(ids, list):
+        raise ProtocolViolation("bad_ack", "'ids' must be a list")
+    if len(ids) > MAX_ACK_IDS:
+        raise ProtocolViolation("bad_ack", f"{len(ids)} ids; the limit is {MAX_ACK_IDS}")
+    try:
+        return [MessageId.parse(text) for text in ids]
+    except ValueError as e:
+        raise ProtocolViolation("bad_ack", str(e)) from None
+
+
+def envelope_id(envelope: object) -> MessageId:
+    """
+    Read the message id of an envelope received from a peer.
+
+    @raise ProtocolViolation: C{"bad_message_id"} when it has none or it is
+        malformed.
+    """
+    if not isinstance(envelope, dict):
+        raise ProtocolViolation("bad_message_id", "the envelope is not a dict")
+    try:
+        return MessageId.parse(envelope.get(ID_KEY))
+    except ValueError as e:
+        raise ProtocolViolation("bad_message_id", str(e)) from None
+
+
+class _Outgoing:
+    __slots__ = ("to", "msg_id", "envelope", "deferred", "backoff", "timer", "done")
+
+    def __init__(self, to: str, msg_id: MessageId, envelope: Envelope, backoff: Backoff) -> None:
+        self.to = to
+        self.msg_id = msg_id
+        self.envelope = envelope
+        self.backoff = backoff
+        self.deferred: Deferred[None] | None = None
+        self.timer: IDelayedCall | None = None
+        self.done = False
+
+
+class _Peer:
+    __slots__ = ("in_flight", "pending")
+
+    def __init__(self) -> None:
+        self.in_flight: dict[MessageId, _Outgoing] = {}
+        self.pending: OrderedDict[MessageId, _Outgoing] = OrderedDict()
+
+
+@implementer(IReliableSender)
+class ReliableSender:
+    """
+    Sends envelopes until acknowledged; see the module docstring.
+
+    The envelope is handed to C{send} unchanged on every transmission. If
+    C{send} raises (no connection, full wire queue), the transmission counts
+    as lost and the retry timer carries on.
+
+    @ivar retransmissions: how many retransmissions were made (a metric).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        send: Callable[[str, Envelope], None],
+        retry_initial: float = _DEFAULTS.retry_initial,
+        retry_max: float = _DEFAULTS.retry_max,
+        rng: random.Random | None = None,
+        max_in_flight: int = _DEFAULTS.max_in_flight,
+        max_pending: int = _DEFAULTS.max_in_flight,
+    ) -> None:
+        """
+        @param clock: schedules retransmissions.
+        @param send: C{send(to, envelope)} transmits once, best effort.
+        @param retry_initial: the ceiling of the first retransmission delay
+            (C{messaging.retry_initial}); each later ceiling doubles.
+        @param retry_max: the largest ceiling (C{messaging.retry_max}).
+        @param rng: draws the jitter; a fresh C{random.Random()} if None.
+        @param max_in_flight: unacknowledged envelopes per destination
+            (C{messaging.max_in_flight}).
+        @param max_pending: envelopes per destination waiting for an
+            in-flight slot; beyond it L{submit} fails with QueueFull.
+        @raise ValueError: when a bound or delay is out of range.
+        """
+        if not 0 < retry_initial <= retry_max:
+            raise ValueError(
+                f"need 0 < retry_initial ({retry_initial}) <= retry_max ({retry_max})"
+            )
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        if max_pending < 0:
+            raise ValueError(f"max_pending must not be negative, not {max_pending}")
+        self._clock = clock
+        self._send = send
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._rng = rng if rng is not None else random.Random()
+        self._max_in_flight = max_in_flight
+        self._max_pending = max_pending
+        self._peers: dict[str, _Peer] = {}
+        self.retransmissions = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        messaging: MessagingConfig,
+        clock: IReactorTime,
+        send: Callable[[str, Envelope], None],
+        rng: random.Random | None = None,
+    ) -> ReliableSender:
+        """
+        @return: a sender with the retry delays and in-flight bound of
+            C{messaging}; the pending queue is as long as the in-flight bound.
+        """
+        return cls(
+            clock,
+            send,
+            retry_initial=messaging.retry_initial,
+            retry_max=messaging.retry_max,
+            rng=rng,
+            max_in_flight=messaging.max_in_flight,
+            max_pending=messaging.max_in_flight,
+        )
+
+    def submit(self, to: str, envelope: Envelope) -> Deferred[None]:
+        """
+        Send C{envelope} to C{to} until acknowledged.
+
+        @return: a Deferred that fires with None once acknowledged, fails
+            with DeliveryFailed when C{to} is declared dead or leaves, or at
+            once with QueueFull when C{max_in_flight} envelopes to C{to} are
+            unacknowledged and C{max_pending} more wait. Cancelling it stops
+            the retransmissions.
+        @raise TypeError: when the envelope is not a dict.
+        @raise ValueError: when the envelope has no valid C{"id"}, or that id
+            is already being sent to C{to}.
+        """
+        if not isinstance(envelope, dict):
+            raise TypeError(f"an envelope must be a dict, not {type(envelope).__name__}")
+        try:
+            msg_id = MessageId.parse(envelope.get(ID_KEY))
+        except ValueError as e:
+            raise ValueError(f"envelope {ID_KEY!r}: {e}") from None
+        peer = self._peers.get(to)
+        if peer is not None and (msg_id in peer.in_flight or msg_id in peer.pending):
+            raise ValueError(f"message {msg_id} is already being sent to {to}")
+        if peer is None:
+            peer = self._peers[to] = _Peer()
+        elif len(peer.in_flight) >= self._max_in_flight and (
+            len(peer.pending) >= self._max_pending
+        ):
+            return fail(
+                QueueFull(
+                    f"message {msg_id} to {to} refused: {len(peer.in_flight)} messages are"
+                    f" unacknowledged (max_in_flight) and {len(peer.pending)} more wait"
+                    " (max_pending)"
+                )
+            )
+        outgoing = _Outgoing(
+            to, msg_id, envelope, Backoff(self._retry_initial, self._retry_max, self._rng)
+        )
+        deferred: Deferred[None] = Deferred(lambda d: self._cancel(outgoing))
+        outgoing.deferred = deferred
+        if len(peer.in_flight) < self._max_in_flight:
+            peer.in_flight[msg_id] = outgoing
+            self._transmit(outgoing)
+        else:
+            peer.pending[msg_id] = outgoing
+        return deferred
+
+    def ack(self, from_node: str, msg_id: MessageId) -> bool:
+        """
+        C{from_node} acknowledged C{msg_id}: fire its Deferred.
+
+        @return: whether it acknowledged an envelope in flight.
+        """
+        peer = self._peers.get(from_node)
+        outgoing = peer.in_flight.pop(msg_id, None) if peer is not None else None
+        if outgoing is None:
+            return False
+        self._settle(outgoing)
+        self._promote(from_node)
+        assert outgoing.deferred is not None
+        outgoing.deferred.callback(None)
+        return True
+
+    def handle_ack(self, from_node: str, envelope: object) -> int:
+        """
+        Apply an acknowledgement envelope (see L{ack_envelope}).
+
+        @return: how many envelopes in flight it acknowledged.
+        @raise ProtocolViolation: when it is malformed.
+        """
+        return sum(self.ack(from_node, msg_id) for msg_id in parse_ack(envelope))
+
+    def peer_dead(self, node_id: str) -> None:
+        """
+        Fail everything outstanding to C{node_id}: it was declared dead.
+        """
+        self._fail_peer(node_id, "was declared dead")
+
+    def peer_left(self, node_id: str) -> None:
+        """
+        Fail everything outstanding to C{node_id}: it left the view.
+        """
+        self._fail_peer(node_id, "left the view")
+
+    def stop(self) -> None:
+        """
+        Fail everything outstanding to every peer and cancel all timers.
+        """
+        for node_id in list(self._peers):
+            self._fail_peer(node_id, "was not reached before this node stopped")
+
+    def in_flight(self, to: str) -> int:
+        """
+        @return: how many envelopes to C{to} wait for an acknowledgement.
+        """
+        peer = self._peers.get(to)
+        return len(peer.in_flight) if peer is not None else 0
+
+    def pending(self, to: str) -> int:
+        """
+        @return: how many envelopes to C{to} wait for an in-flight slot.
+        """
+        peer = self._peers.get(to)
+        return len(peer.pending) if peer is not None else 0
+
+    def _transmit(self, outgoing: _Outgoing) -> None:
+        try:
+            self._send(outgoing.to, outgoing.envelope)
+        except ClustronError as e:
+            log.debug(
+                "transmission of {msg_id} to {peer} failed: {reason}",
+                msg_id=str(outgoing.msg_id),
+                peer=outgoing.to,
+                reason=str(e),
+            )
+        except Exception:
+            log.failure(
+                "transmission of {msg_id} to {peer} raised",
+                msg_id=str(outgoing.msg_id),
+                peer=outgoing.to,
+            )
+        # send() may have led to the acknowledgement already (a loopback).
+        if not outgoing.done:
+            delay = outgoing.backoff.next_delay()
+            outgoing.timer = self._clock.callLater(delay, self._retransmit, outgoing)
+
+    def _retransmit(self, outgoing: _Outgoing) -> None:
+        outgoing.timer = None
+        self.retransmissions += 1
+        log.debug(
+            "retransmitting {msg_id} to {peer} (attempt {attempt})",
+            msg_id=str(outgoing.msg_id),
+            peer=outgoing.to,
+            attempt=outgoing.backoff.attempts + 1,
+        )
+        self._transmit(outgoing)
+
+    def _settle(self, outgoing: _Outgoing) -> None:
+        outgoing.done = True
+        if outgoing.timer is not None:
+            if outgoing.timer.active():
+                outgoing.timer.cancel()
+            outgoing.timer = None
+
+    def _promote(self, to: str) -> None:
+        peer = self._peers.get(to)
+        if peer is None:
+            return
+        while peer.pending and len(peer.in_flight) < self._max_in_flight:
+            msg_id, outgoing = peer.pending.popitem(last=False)
+            peer.in_flight[msg_id] = outgoing
+            self._transmit(outgoing)
+            if self._peers.get(to) is not peer:
+                return  # the transmission led to the peer failing
+        if not peer.in_flight and not peer.pending:
+            del self._peers[to]
+
+    def _cancel(self, outgoing: _Outgoing) -> None:
+        if outgoing.done:
+            return
+        peer = self._peers.get(outgoing.to)
+        if peer is not None:
+            peer.in_flight.pop(outgoing.msg_id, None)
+            peer.pending.pop(outgoing.msg_id, None)
+        self._settle(outgoing)
+        self._promote(outgoing.to)
+
+    def _fail_peer(self, node_id: str, why: str) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is None:
+            return
+        failed = list(peer.in_flight.values()) + list(peer.pending.values())
+        for outgoing in failed:
+            self._settle(outgoing)
+        if failed:
+            log.info(
+                "{count} messages to {peer} failed: it {why}",
+                count=len(failed),
+                peer=node_id,
+                why=why,
+            )
+        for outgoing in failed:
+            assert outgoing.deferred is not None
+            reason = f"message {outgoing.msg_id} to {node_id} was not acknowledged: {node_id} {why}"
+            outgoing.deferred.errback(DeliveryFailed(reason))
+
+
+@implementer(IReliableReceiver)
+class ReliableReceiver:
+    """
+    Filters duplicates and acknowledges; see the module docstring.
+
+    With C{ack_delay} 0 every acknowledgement is sent at once, one id per
+    envelope. With a positive C{ack_delay} acknowledgements are batched per
+    peer and sent C{ack_delay} seconds after the first one was batched, or
+    as soon as C{max_ack_batch} ids wait in total.
+
+    @ivar duplicates: how many duplicates were filtered (a metric).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        send: Callable[[str, Envelope], None],
+        window: IDuplicateFilter | None = None,
+        ack_delay: float = 0.0,
+        max_ack_batch: int = 64,
+    ) -> None:
+        """
+        @param clock: schedules batched acknowledgements.
+        @param send: C{send(to, envelope)} transmits an ack envelope once.
+        @param window: the duplicate filter; a default L{DedupWindow} if None.
+        @param ack_delay: how long an acknowledgement may wait to be batched.
+        @param max_ack_batch: the most ids waiting to be acknowledged, all
+            peers together (and so the most ids in one ack envelope).
+        @raise ValueError: when a bound or delay is out of range.
+        """
+        if ack_delay < 0:
+            raise ValueError(f"ack_delay must not be negative, not {ack_delay}")
+        if not 1 <= max_ack_batch <= MAX_ACK_IDS:
+            raise ValueError(f"max_ack_batch must be in 1..{MAX_ACK_IDS}, not {max_ack_batch}")
+        self._clock = clock
+        self._send = send
+        self.window: IDuplicateFilter = window if window is not None else DedupWindow()
+        self._ack_delay = ack_delay
+        self._max_ack_batch = max_ack_batch
+        self._batches: dict[str, list[MessageId]] = {}
+        self._batched = 0
+        self._timer: IDelayedCall | None = None
+        self.duplicates = 0
+
+    def receive(
+        self,
+        from_node: str,
+        envelope: Envelope,
+        admit: Callable[[Envelope], bool] | None = None,
+        acknowledge: bool = True,
+    ) -> bool:
+        """
+        Handle an envelope C{from_node} transmitted.
+
+        @param admit: hands a new envelope to the layer above; returns
+            whether it was taken. When it returns False the envelope is
+            neither recorded nor acknowledged.
+        @param acknowledge: False for unreliable envelopes.
+        @return: True when the envelope was new and taken.
+        @raise ProtocolViolation: when the envelope has no valid id.
+        """
+        msg_id = envelope_id(envelope)
+        if self.window.contains(msg_id):
+            self.duplicates += 1
+            log.debug("duplicate {msg_id} from {peer}", msg_id=str(msg_id), peer=from_node)
+            if acknowledge:
+                self._acknowledge(from_node, msg_id)
+            return False
+        if admit is not None and not admit(envelope):
+            return False
+        self.window.seen(msg_id)
+        if acknowledge:
+            self._acknowledge(from_node, msg_id)
+        return True
+
+    def flush(self) -> None:
+        """
+        Send every batched acknowledgement now.
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        batches, self._batches, self._batched = self._batches, {}, 0
+        for to, ids in batches.items():
+            self._transmit(to, ids)
+
+    def stop(self) -> None:
+        """
+        Cancel the batching timer and drop batched acknowledgements.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._batches.clear()
+        self._batched = 0
+
+    def _acknowledge(self, to: str, msg_id: MessageId) -> None:
+        if self._ack_delay == 0:
+            self._transmit(to, [msg_id])
+            return
+        self._batches.setdefault(to, []).append(msg_id)
+        self._batched += 1
+        if self._batched >= self._max_ack_batch:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self._clock.callLater(self._ack_delay, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def _transmit(self, to: str, ids: list[MessageId]) -> None:
+        try:
+            self._send(to, ack_envelope(ids))
+        except ClustronError as e:
+            log.debug("acknowledgement to {peer} failed: {reason}", peer=to, reason=str(e))
+        except Exception:
+            log.failure("acknowledgement to {peer} raised", peer=to)

@@ -1,0 +1,293 @@
+"""
+L{ClusterNode}: one Clustron node, as a Twisted service.
+
+The node wires the layers together (transport, wire, membership, messaging,
+discovery, admin) and is the embedding API. It is the only module below
+C{tap.py} that may fall back to the global reactor, and only when none is
+given.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+from clustron import plugins
+from clustron.config import NodeConfig
+from clustron.errors import ProtocolViolation
+from clustron.membership.group import Membership
+from clustron.membership.view import View
+from clustron.observability.metrics import NodeMetrics
+from clustron.wire import framing
+from clustron.wire.mesh import Mesh, format_address
+
+log = Logger()
+
+
+class ClusterNode(MultiService):
+    """
+    A member of a Clustron cluster.
+
+    Create it from a validated L{NodeConfig}, add it to your application (or
+    call C{startService()}), and use L{when_joined} to learn when it is part
+    of the cluster::
+
+        node = ClusterNode(NodeConfig.from_file("node.yaml"))
+        node.setServiceParent(application)
+
+    @ivar config: the node's configuration (replaced on reload).
+    @ivar metrics: the node's Prometheus metrics.
+    @ivar mesh: the peer connections (L{clustron.wire.mesh.Mesh}).
+    @ivar membership: the membership state machine.
+    """
+
+    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor = reactor
+        self.config = config
+        self.setName(f"clustron-node-{config.node_id}")
+        self.metrics = NodeMetrics()
+        self.rng = _node_random(reactor, config.node_id)
+        self.incarnation = int(reactor.seconds() * 1000)
+        self.transport_plugin = plugins.find("transport", config.transport)
+        self.serializer = plugins.find("serializer", config.serializer)
+        serializers = list(plugins.installed("serializer").values())
+        self.strategy = plugins.find("election", config.election.plugin).create(config)
+        identity_check = None
+        if config.transport == "tls":
+            from clustron.security.tls_identity import check_peer_identity
+
+            identity_check = check_peer_identity
+        self.mesh = Mesh(
+            reactor,
+            config,
+            self.transport_plugin,
+            self.serializer,
+            serializers,
+            self.metrics,
+            self.rng,
+            self.incarnation,
+            identity_check=identity_check,
+        )
+        self.membership = Membership(
+            clock=reactor,
+            config=config,
+            strategy=self.strategy,
+            send=self._send_frame,
+            connected=lambda: self.mesh.peers,
+            rng=self.rng,
+            incarnation=self.incarnation,
+            metrics=self.metrics,
+            set_view_addresses=lambda addresses: self.mesh.set_addresses("view", addresses),
+            set_incarnation=self.mesh.set_incarnation,
+        )
+        self.mesh.on_peer_up = self.membership.peer_up
+        self.mesh.on_peer_down = self.membership.peer_down
+        self.mesh.on_unreachable = lambda node_id, address, reason: self.membership.unreachable(
+            node_id, reason
+        )
+        self.mesh.on_frame = self._frame_received
+        self._frame_handlers: dict[int, Callable[[str, int, Any], None]] = {
+            framing.HEARTBEAT: self.membership.frame_received,
+            framing.CONTROL: self.membership.frame_received,
+        }
+        self.discovery: dict[str, Any] = {}
+        for name, options in sorted(config.discovery.items()):
+            plugin = plugins.find("discovery", name)
+            source = plugin.create(reactor, config, options, lambda name=name: self._discovered(name))
+            self.discovery[name] = source
+
+    # -- service -------------------------------------------------------------
+
+    @inlineCallbacks
+    def startService(self) -> Any:  # noqa: N802
+        """
+        Listen, start discovery and membership, then child services (admin).
+        """
+        log.info(
+            "starting node {node_id} of cluster {cluster_id} at {address} (incarnation {incarnation})",
+            node_id=self.config.node_id,
+            cluster_id=self.config.cluster_id,
+            address=format_address(self.config.advertise_address),
+            incarnation=self.incarnation,
+        )
+        yield self.mesh.start()
+        for name, source in sorted(self.discovery.items()):
+            try:
+                yield maybeDeferred(source.start)
+            except Exception:
+                log.failure("discovery {name} failed to start; it will retry", name=name)
+            self._discovered(name)
+        self.membership.start()
+        super().startService()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        """
+        Leave the cluster gracefully, then stop everything.
+        """
+        if self.membership.joined:
+            try:
+                yield self.membership.leave()
+            except Exception:
+                log.failure("graceful leave failed")
+        yield super().stopService()
+        self.membership.stop()
+        for name, source in sorted(self.discovery.items()):
+            try:
+                yield maybeDeferred(source.stop)
+            except Exception:
+                log.failure("discovery {name} failed to stop", name=name)
+        yield self.mesh.stop()
+
+    # -- the embedding API -----------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """
+        This node's id.
+        """
+        return self.config.node_id
+
+    @property
+    def view(self) -> View | None:
+        """
+        The current view, or None before joining.
+        """
+        return self.membership.view
+
+    def when_joined(self) -> Deferred[View]:
+        """
+        @return: a Deferred that fires with the view once this node is a
+            member of one.
+        """
+        return self.membership.when_joined()
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """
+        Receive membership events: dicts with C{type} (C{joined},
+        C{view_changed}, C{coordinator_changed}, C{member_joined},
+        C{member_suspected}, C{member_alive}, C{member_died},
+        C{member_left}, C{member_removed}, C{member_draining},
+        C{member_reaped}, C{merged}, C{quorum_lost}, C{quorum_regained},
+        C{left_cluster}), C{time}, and fields that depend on the type
+        (C{node_id}, C{view}, C{reason}, ...).
+
+        @return: a function that unsubscribes.
+        """
+        return self.membership.subscribe(callback)
+
+    def leave(self) -> Deferred[None]:
+        """
+        Leave the cluster gracefully (the node keeps running, outside it).
+        """
+        return self.membership.leave()
+
+    def force_election(self, prefer: str | None = None) -> Deferred[dict[str, Any]]:
+        """
+        Make the coordinator step down so the election runs again,
+        optionally toward C{prefer}.
+        """
+        return self.membership.force_election(prefer)
+
+    def remove_member(self, node_id: str, by: str = "operator") -> Deferred[dict[str, Any]]:
+        """
+        Remove a member from the cluster (it stays out until restarted).
+        """
+        return self.membership.remove_member(node_id, by)
+
+    def drain_member(self, node_id: str, by: str = "operator") -> Deferred[dict[str, Any]]:
+        """
+        Mark a member draining: it stays a member but is never elected.
+        """
+        return self.membership.drain_member(node_id, by)
+
+    # -- status ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """
+        The document served at C{GET /v1/cluster}.
+        """
+        view = self.membership.view
+        if view is not None and self.membership.joined:
+            view_doc: dict[str, Any] | None = view.to_dict()
+        else:
+            view_doc = None
+        peers = []
+        for node_id in sorted(set(self.mesh.peers) | set(self.membership.peers)):
+            protocol = self.mesh.peers.get(node_id)
+            info = self.membership.peers.get(node_id)
+            address = (
+                protocol.peer.address
+                if protocol is not None and protocol.peer is not None
+                else (info.address if info else "")
+            )
+            peers.append(
+                {
+                    "node_id": node_id,
+                    "address": address,
+                    "connected": protocol is not None and not protocol.closed,
+                    "queued_frames": protocol.queued_frames if protocol is not None else 0,
+                }
+            )
+        return {
+            "cluster_id": self.config.cluster_id,
+            "node_id": self.config.node_id,
+            "incarnation": self.membership.incarnation,
+            "state": "alive" if self.membership.joined else "joining",
+            "coordinator": view.coordinator if view_doc else None,
+            "is_coordinator": self.membership.is_coordinator and self.membership.joined,
+            "acting": self.membership.acting,
+            "view": view_doc,
+            "quorum": self.membership.quorum_status(),
+            "peers": peers,
+            "discovery": sorted(self.discovery),
+        }
+
+    def health(self) -> dict[str, Any]:
+        """
+        The document served at C{GET /v1/health}: C{status} is C{ok} when
+        the node is a member of a view with quorum.
+        """
+        quorum = self.membership.quorum_status()
+        joined = self.membership.joined
+        return {
+            "status": "ok" if joined and quorum["has_quorum"] else "degraded",
+            "node_id": self.config.node_id,
+            "joined": joined,
+            "has_quorum": quorum["has_quorum"] if joined else None,
+            "peers_connected": len(self.mesh.peers),
+        }
+
+    # -- internals --------------------------------------------------------------
+
+    def _send_frame(self, node_id: str, frame_type: int, body: Any, priority: bool) -> bool:
+        return self.mesh.try_send(node_id, frame_type, body, priority)
+
+    def _frame_received(self, node_id: str, frame_type: int, body: Any) -> None:
+        handler = self._frame_handlers.get(frame_type)
+        if handler is None:
+            raise ProtocolViolation("unknown_frame_type", f"frame type {frame_type}")
+        handler(node_id, frame_type, body)
+
+    def _discovered(self, name: str) -> None:
+        source = self.discovery.get(name)
+        if source is None:
+            return
+        self.mesh.set_addresses(f"discovery:{name}", set(source.addresses()))
+
+
+def _node_random(reactor: Any, node_id: str) -> random.Random:
+    seeded = getattr(reactor, "seeded_random", None)
+    if callable(seeded):
+        rng: random.Random = seeded()
+        return rng
+    return random.Random()

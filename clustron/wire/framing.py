@@ -1,0 +1,254 @@
+"""
+Sans-IO framing: bytes in, frames out, and frames in, bytes out.
+
+A frame on the wire::
+
+    +----------+-------+-------+-------+-------+------------+------+---------+---------+
+    | length   | magic | major | minor | flags | serializer | type | payload | trailer |
+    | u32 (BE) | "CX"  | u8    | u8    | u8    | u8         | u8   | ...     | 0/4/40  |
+    +----------+-------+-------+-------+-------+------------+------+---------+---------+
+
+``length`` counts every byte after itself. The trailer is chosen by the
+connection's L{IIntegrity}: a CRC32 of header and payload (the default), an
+HMAC-SHA256 tag (when the cluster has a secret), or nothing. The length is
+checked against C{max_frame_bytes} as soon as its four bytes arrive, before any
+of the body is buffered, so a hostile length never costs memory.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import NamedTuple, Protocol
+
+from clustron.errors import FrameError
+
+MAGIC = b"CX"
+
+#: Protocol version spoken by this code. A different major version is refused
+#: at handshake; minor versions are compatible.
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+_LENGTH = struct.Struct(">I")
+_HEADER = struct.Struct(">2sBBBBB")
+HEADER_SIZE = _HEADER.size
+
+# Frame types.
+HELLO = 1
+REJECT = 2
+BYE = 3
+CONTROL = 4
+HEARTBEAT = 5
+MESSAGE = 6
+
+FRAME_TYPE_NAMES = {
+    HELLO: "hello",
+    REJECT: "reject",
+    BYE: "bye",
+    CONTROL: "control",
+    HEARTBEAT: "heartbeat",
+    MESSAGE: "message",
+}
+
+# Flag bits.
+FLAG_CRC32 = 0x01
+FLAG_HMAC = 0x02
+
+
+class Frame(NamedTuple):
+    """
+    One decoded frame.
+
+    @ivar frame_type: one of the frame type constants (L{HELLO}, ...).
+    @ivar serializer_id: the wire id of the serializer that encoded the payload.
+    @ivar flags: the header's flag bits.
+    @ivar payload: the payload bytes (still serialized).
+    """
+
+    frame_type: int
+    serializer_id: int
+    flags: int
+    payload: bytes
+
+
+class IIntegrity(Protocol):
+    """
+    How a connection protects each frame: the trailer it appends and checks.
+    (A typing protocol, not a zope interface: it is internal to the wire.)
+    """
+
+    flag: int
+    trailer_size: int
+
+    def seal(self, data: bytes) -> bytes:
+        """
+        @return: the trailer for C{data} (header and payload).
+        """
+
+    def check(self, data: bytes, trailer: bytes) -> bool:
+        """
+        @return: whether C{trailer} is valid for C{data}.
+        """
+
+
+class Crc32:
+    """
+    A CRC32 checksum trailer: catches corruption, not forgery.
+    """
+
+    flag = FLAG_CRC32
+    trailer_size = 4
+    name = "crc32"
+
+    def seal(self, data: bytes) -> bytes:
+        """
+        @return: the big-endian CRC32 of C{data}.
+        """
+        return _LENGTH.pack(zlib.crc32(data))
+
+    def check(self, data: bytes, trailer: bytes) -> bool:
+        """
+        @return: whether C{trailer} is the CRC32 of C{data}.
+        """
+        return _LENGTH.pack(zlib.crc32(data)) == trailer
+
+
+class NoIntegrity:
+    """
+    No trailer at all: for links that are protected otherwise (TLS).
+    """
+
+    flag = 0
+    trailer_size = 0
+    name = "none"
+
+    def seal(self, data: bytes) -> bytes:
+        """
+        @return: an empty trailer.
+        """
+        return b""
+
+    def check(self, data: bytes, trailer: bytes) -> bool:
+        """
+        @return: True: there is nothing to check.
+        """
+        return True
+
+
+def encode_frame(
+    frame_type: int,
+    payload: bytes,
+    serializer_id: int,
+    integrity: IIntegrity,
+) -> bytes:
+    """
+    Build the bytes of one frame, length prefix included.
+    """
+    body = (
+        _HEADER.pack(MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR, integrity.flag, serializer_id, frame_type)
+        + payload
+    )
+    trailer = integrity.seal(body)
+    return _LENGTH.pack(len(body) + len(trailer)) + body + trailer
+
+
+class FrameDecoder:
+    """
+    Feed it bytes as they arrive; it returns the complete frames they finish.
+
+    After it raises L{FrameError} the decoder is poisoned: the connection must
+    be closed, and further calls raise the same error.
+
+    @ivar max_frame_bytes: the largest accepted value of the length prefix.
+    @ivar buffered: the number of bytes held while waiting for a frame's end.
+    """
+
+    def __init__(self, max_frame_bytes: int, integrity: IIntegrity) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._integrity = integrity
+        self._buffer = bytearray()
+        self._error: FrameError | None = None
+        self._minimum = HEADER_SIZE + integrity.trailer_size
+
+    @property
+    def buffered(self) -> int:
+        """
+        The number of bytes held, waiting for the rest of a frame.
+        """
+        return len(self._buffer)
+
+    def set_integrity(self, integrity: IIntegrity) -> None:
+        """
+        Change the trailer check for the frames that follow (after the
+        handshake agrees on one).
+        """
+        self._integrity = integrity
+        self._minimum = HEADER_SIZE + integrity.trailer_size
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """
+        Add received bytes.
+
+        @return: every frame completed by C{data}, in order.
+        @raise FrameError: when the bytes break the framing rules; the reason
+            is one of C{oversized}, C{undersized}, C{bad_magic},
+            C{protocol_version}, C{bad_checksum}, C{bad_signature}.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(buffer)
+        integrity = self._integrity
+        trailer_size = integrity.trailer_size
+        try:
+            while end - offset >= 4:
+                (length,) = _LENGTH.unpack_from(buffer, offset)
+                if length > self.max_frame_bytes:
+                    raise FrameError(
+                        "oversized",
+                        f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}",
+                    )
+                if length < self._minimum:
+                    raise FrameError("undersized", f"frame of {length} bytes is too short")
+                if end - offset - 4 < length:
+                    break
+                start = offset + 4
+                magic, major, _minor, flags, serializer_id, frame_type = _HEADER.unpack_from(
+                    buffer, start
+                )
+                if magic != MAGIC:
+                    raise FrameError("bad_magic", f"magic {bytes(magic)!r}")
+                if major != PROTOCOL_MAJOR:
+                    raise FrameError(
+                        "protocol_version",
+                        f"frame of protocol {major}.x, this node speaks {PROTOCOL_MAJOR}.x",
+                    )
+                stop = start + length
+                body_end = stop - trailer_size
+                if trailer_size or flags & (FLAG_CRC32 | FLAG_HMAC):
+                    if flags & (FLAG_CRC32 | FLAG_HMAC) != integrity.flag:
+                        raise FrameError(
+                            "integrity_mismatch",
+                            f"frame flags {flags:#x}, connection expects {integrity.flag:#x}",
+                        )
+                    body = bytes(buffer[start:body_end])
+                    if not integrity.check(body, bytes(buffer[body_end:stop])):
+                        raise FrameError(
+                            "bad_signature" if integrity.flag == FLAG_HMAC else "bad_checksum"
+                        )
+                    payload = body[HEADER_SIZE:]
+                else:
+                    payload = bytes(buffer[start + HEADER_SIZE : body_end])
+                frames.append(Frame(frame_type, serializer_id, flags, payload))
+                offset = stop
+        except FrameError as e:
+            self._error = e
+            self._buffer = bytearray()
+            raise
+        if offset:
+            del buffer[:offset]
+        return frames

@@ -1,0 +1,419 @@
+"""
+The Twisted protocol of one peer connection.
+
+This is the only place above the transport plugins that touches a Twisted
+transport. A L{PeerProtocol} sends its HELLO as soon as it is connected,
+accepts nothing but HELLO or REJECT until the handshake completes (within
+C{handshake_timeout}), and afterwards hands every decoded frame to its
+L{PeerProtocolOwner}. Garbage, oversized lengths, bad checksums and protocol
+violations close the connection, are logged with the reason, and counted.
+
+Writes go through a small bounded queue: the protocol registers itself as a
+streaming producer on its transport, and while the transport says its buffer
+is full the frames wait here instead of piling up in the transport; when the
+queue is full too, L{PeerProtocol.send} raises L{QueueFull}.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from clustron.errors import (
+    FrameError,
+    ProtocolViolation,
+    QueueFull,
+    SerializationError,
+)
+from clustron.interfaces import ISerializer
+from clustron.observability.metrics import NodeMetrics
+from clustron.wire import framing
+from clustron.wire.framing import FRAME_TYPE_NAMES, Frame, FrameDecoder, IIntegrity
+from clustron.wire.handshake import Hello, Reject
+
+log = Logger()
+
+_HANDSHAKE_SERIALIZER_ID = 1  # HELLO and REJECT are always JSON.
+
+
+class PeerProtocolOwner(TypingProtocol):
+    """
+    What a L{PeerProtocol} reports to (the L{clustron.wire.mesh.Mesh}).
+    """
+
+    local_hello: Hello
+    metrics: NodeMetrics
+    clock: IReactorTime
+    handshake_timeout: float
+    max_frame_bytes: int
+    queue_frames: int
+    queue_bytes: int
+
+    def integrity_for(self, ours: Hello, theirs: Hello | None) -> IIntegrity:
+        """
+        The frame protection for a connection (before the handshake completes
+        C{theirs} is None).
+        """
+
+    def serializer_by_id(self, wire_id: int) -> ISerializer | None:
+        """
+        The installed serializer with this wire id, if any.
+        """
+
+    def hello_received(self, protocol: PeerProtocol, hello: Hello) -> tuple[str, str] | None:
+        """
+        Judge a peer's HELLO: None to accept, or C{(reason, detail)} to refuse.
+        """
+
+    def handshake_complete(self, protocol: PeerProtocol) -> bool:
+        """
+        The handshake succeeded both ways; return False to close this
+        connection as a duplicate.
+        """
+
+    def frame_received(self, protocol: PeerProtocol, frame_type: int, body: Any) -> None:
+        """
+        A decoded frame arrived on an established connection.
+        """
+
+    def connection_closed(self, protocol: PeerProtocol, reason: str) -> None:
+        """
+        The connection is gone (for whatever reason).
+        """
+
+    def rejected_by_peer(self, protocol: PeerProtocol, reject: Reject) -> None:
+        """
+        The peer refused our HELLO.
+        """
+
+
+@implementer(IPushProducer)
+class PeerProtocol(Protocol):
+    """
+    One connection to one peer.
+
+    @ivar initiated: whether this side dialled the connection.
+    @ivar peer: the peer's L{Hello} once received, else None.
+    @ivar established: whether the handshake completed and this connection
+        is the one kept for the pair.
+    @ivar dial_address: for outgoing connections, the C{(host, port)} dialled.
+    """
+
+    def __init__(
+        self,
+        owner: PeerProtocolOwner,
+        serializer: ISerializer,
+        initiated: bool,
+        dial_address: tuple[str, int] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.serializer = serializer
+        self.initiated = initiated
+        self.dial_address = dial_address
+        self.peer: Hello | None = None
+        self.inbound_host: str | None = None
+        self.established = False
+        self.closed = False
+        self.close_reason = "connection lost"
+        self._hello_sent = False
+        self._decoder = FrameDecoder(owner.max_frame_bytes, owner.integrity_for(owner.local_hello, None))
+        self._integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
+        self._timeout: IDelayedCall | None = None
+        self._paused = False
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._priority: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+
+    # -- Twisted callbacks ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Register as a producer, send our HELLO and start the handshake timer.
+        """
+        self.transport.registerProducer(self, True)
+        self._timeout = self.owner.clock.callLater(
+            self.owner.handshake_timeout, self._handshake_timed_out
+        )
+        hello = self.owner.local_hello
+        self._write_raw(
+            framing.encode_frame(
+                framing.HELLO,
+                _handshake_json(hello.to_dict()),
+                _HANDSHAKE_SERIALIZER_ID,
+                self._integrity,
+            ),
+            framing.HELLO,
+        )
+        self._hello_sent = True
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Decode frames and act on each; close the connection on bad input.
+        """
+        if self.closed:
+            return
+        self.owner.metrics.bytes_received.inc(len(data))
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as e:
+            self.owner.metrics.frame_errors.labels(e.reason).inc()
+            self._drop(f"frame error: {e}", level="warn", reason_code=e.reason)
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            try:
+                self._frame(frame)
+            except ProtocolViolation as e:
+                self.owner.metrics.protocol_violations.labels(e.reason).inc()
+                self._drop(f"protocol violation: {e}", level="warn", reason_code=e.reason)
+                return
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError("lost"))) -> None:
+        """
+        Stop timers, forget queued frames and tell the owner.
+        """
+        was_closed = self.closed
+        self.closed = True
+        self._cancel_timeout()
+        self._queue.clear()
+        self._priority.clear()
+        self._queued_bytes = 0
+        if not was_closed:
+            self.close_reason = reason.getErrorMessage() or "connection lost"
+        self.owner.connection_closed(self, self.close_reason)
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: hold frames in our bounded queue.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained: write what waited.
+        """
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away.
+        """
+        self._paused = True
+
+    # -- sending -------------------------------------------------------------
+
+    @property
+    def queued_frames(self) -> int:
+        """
+        Frames waiting because the transport pushed back.
+        """
+        return len(self._queue) + len(self._priority)
+
+    def send(self, frame_type: int, body: Any, priority: bool = False) -> None:
+        """
+        Serialize and send one frame on an established connection.
+
+        @param priority: control traffic (heartbeats) that overtakes queued
+            frames when the transport pushes back.
+        @raise QueueFull: when the transport pushes back and the bounded
+            queue has no room.
+        @raise SerializationError: when the body cannot be encoded.
+        """
+        if self.closed:
+            raise QueueFull("connection is closed")
+        payload = self.serializer.dumps(body)
+        data = framing.encode_frame(frame_type, payload, self.serializer.wire_id, self._integrity)
+        if len(data) - 4 > self.owner.max_frame_bytes:
+            raise SerializationError(
+                f"frame of {len(data) - 4} bytes exceeds max_frame_bytes={self.owner.max_frame_bytes}"
+            )
+        self.send_encoded(frame_type, data, priority)
+
+    def send_encoded(self, frame_type: int, data: bytes, priority: bool = False) -> None:
+        """
+        Send an already-encoded frame (see L{send}).
+        """
+        if not self._paused and not self._queue and not self._priority:
+            self._write_raw(data, frame_type)
+            return
+        if (
+            self.queued_frames >= self.owner.queue_frames
+            or self._queued_bytes + len(data) > self.owner.queue_bytes
+        ):
+            self.owner.metrics.send_queue_full.inc()
+            raise QueueFull(
+                f"send queue to {self.peer.node_id if self.peer else 'peer'} is full "
+                f"({self.queued_frames} frames, {self._queued_bytes} bytes)"
+            )
+        (self._priority if priority else self._queue).append(data)
+        self._queued_bytes += len(data)
+        self.owner.metrics.send_queue_frames.inc()
+        self.owner.metrics.frames_sent.labels(FRAME_TYPE_NAMES.get(frame_type, "other")).inc()
+        if not self._paused:
+            self._flush()
+
+    def close(self, reason: str) -> None:
+        """
+        Say BYE with a reason and close the connection.
+        """
+        if self.closed:
+            return
+        if self.established:
+            try:
+                self.send(framing.BYE, {"reason": reason})
+            except (QueueFull, SerializationError):
+                pass
+        self.close_reason = reason
+        self.closed = True
+        self._cancel_timeout()
+        self.transport.loseConnection()
+
+    # -- internals -----------------------------------------------------------
+
+    def _flush(self) -> None:
+        while not self._paused and (self._priority or self._queue):
+            data = (self._priority or self._queue).popleft()
+            self._queued_bytes -= len(data)
+            self.owner.metrics.send_queue_frames.dec()
+            self.owner.metrics.bytes_sent.inc(len(data))
+            self.transport.write(data)
+
+    def _write_raw(self, data: bytes, frame_type: int) -> None:
+        self.owner.metrics.frames_sent.labels(FRAME_TYPE_NAMES.get(frame_type, "other")).inc()
+        self.owner.metrics.bytes_sent.inc(len(data))
+        self.transport.write(data)
+
+    def _frame(self, frame: Frame) -> None:
+        frame_type = frame.frame_type
+        self.owner.metrics.frames_received.labels(
+            FRAME_TYPE_NAMES.get(frame_type, "other")
+        ).inc()
+        if frame_type == framing.REJECT:
+            reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
+            self.close_reason = f"rejected by peer: {reject.reason}: {reject.detail}"
+            self.owner.rejected_by_peer(self, reject)
+            self.closed = True
+            self._cancel_timeout()
+            self.transport.loseConnection()
+            return
+        if self.peer is None:
+            if frame_type != framing.HELLO:
+                raise ProtocolViolation(
+                    "before_handshake",
+                    f"{FRAME_TYPE_NAMES.get(frame_type, frame_type)} frame before HELLO",
+                )
+            self._hello(Hello.from_dict(_handshake_loads(frame.payload)))
+            return
+        if frame_type == framing.HELLO:
+            raise ProtocolViolation("duplicate_hello", "second HELLO on one connection")
+        if frame_type == framing.BYE:
+            body = self._decode(frame)
+            reason = body.get("reason") if isinstance(body, dict) else None
+            self.close_reason = f"peer said bye: {reason if isinstance(reason, str) else '?'}"
+            self.closed = True
+            self.transport.loseConnection()
+            return
+        if not self.established:
+            raise ProtocolViolation("before_handshake", "frame before handshake completed")
+        self.owner.frame_received(self, frame_type, self._decode(frame))
+
+    def _decode(self, frame: Frame) -> Any:
+        serializer = (
+            self.serializer
+            if frame.serializer_id == self.serializer.wire_id
+            else self.owner.serializer_by_id(frame.serializer_id)
+        )
+        if serializer is None:
+            raise ProtocolViolation(
+                "unknown_serializer", f"serializer id {frame.serializer_id} is not installed"
+            )
+        try:
+            return serializer.loads(frame.payload)
+        except SerializationError as e:
+            raise ProtocolViolation("undecodable", str(e)) from None
+
+    def _hello(self, hello: Hello) -> None:
+        refusal = self.owner.hello_received(self, hello)
+        if refusal is not None:
+            reason, detail = refusal
+            self.transport.write(
+                framing.encode_frame(
+                    framing.REJECT,
+                    _handshake_json(Reject(reason, detail).to_dict()),
+                    _HANDSHAKE_SERIALIZER_ID,
+                    self._integrity,
+                )
+            )
+            self.close_reason = f"refused peer: {reason}: {detail}"
+            self.closed = True
+            self._cancel_timeout()
+            self.transport.loseConnection()
+            return
+        self.peer = hello
+        integrity = self.owner.integrity_for(self.owner.local_hello, hello)
+        self._integrity = integrity
+        self._decoder.set_integrity(integrity)
+        self._cancel_timeout()
+        if self.owner.handshake_complete(self):
+            self.established = True
+        else:
+            self.close("duplicate connection")
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout = None
+        self.owner.metrics.protocol_violations.labels("handshake_timeout").inc()
+        self._drop(
+            f"no handshake within {self.owner.handshake_timeout} s",
+            level="warn",
+            reason_code="handshake_timeout",
+        )
+
+    def _drop(self, why: str, level: str, reason_code: str) -> None:
+        peer = self.transport.getPeer() if self.transport else None
+        getattr(log, level)(
+            "closing connection from {address}: {why}",
+            address=str(peer),
+            why=why,
+            reason=reason_code,
+            peer_node=self.peer.node_id if self.peer else None,
+        )
+        self.close_reason = why
+        self.closed = True
+        self._cancel_timeout()
+        self._queue.clear()
+        self._priority.clear()
+        self.transport.abortConnection() if hasattr(
+            self.transport, "abortConnection"
+        ) else self.transport.loseConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+
+def _handshake_json(obj: dict[str, Any]) -> bytes:
+    from clustron.serializers.json import json_serializer
+
+    return json_serializer.dumps(obj)
+
+
+def _handshake_loads(payload: bytes, lenient: bool = False) -> Any:
+    from clustron.serializers.json import json_serializer
+
+    try:
+        return json_serializer.loads(payload)
+    except SerializationError as e:
+        if lenient:
+            return None
+        raise ProtocolViolation("malformed_hello", str(e)) from None
