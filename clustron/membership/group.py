@@ -88,6 +88,7 @@ class PeerInfo:
     acting: bool = False
     in_view: bool = False
     heard_at: float = 0.0
+    heartbeat_at: float = -1.0
     not_acting_since: float | None = None
 
 
@@ -100,6 +101,7 @@ class _Candidacy:
     started_at: float
     bootstrap: bool
     reason: str
+    answered: set[str] = attrs.Factory(set)
 
 
 @attrs.define
@@ -161,6 +163,7 @@ class Membership:
         self._coordinator_failed_since: float | None = None
         self._abdication: tuple[int, str | None] | None = None
         self._started_at = 0.0
+        self._view_accepted_at = -1.0
         self._tick_call: IDelayedCall | None = None
         self._soon_call: IDelayedCall | None = None
         self._running = False
@@ -421,6 +424,7 @@ class Membership:
         self._evaluate(self.clock.seconds())
 
     def _evaluate(self, now: float) -> None:
+        self._check_won(now)
         if self._candidacy is not None and now - self._candidacy.started_at > self.config.membership.join_timeout:
             log.info(
                 "election for epoch {epoch} got {votes}/{required} votes; giving up for now",
@@ -516,7 +520,11 @@ class Membership:
         if state == fd.DEAD:
             return self.detector.reason(coordinator) or f"coordinator {coordinator} is dead"
         info = self.peers.get(coordinator)
-        if info is not None and info.heard_at and now - info.heard_at < self.config.failure_detector.suspect_after:
+        if (
+            info is not None
+            and info.heartbeat_at > self._view_accepted_at
+            and now - info.heartbeat_at < self.config.failure_detector.suspect_after
+        ):
             if not info.in_view or (info.view_id is not None and info.view_id[0] < self.view.epoch):
                 return f"coordinator {coordinator} no longer holds epoch {self.view.epoch}"
             dead_after = self.config.failure_detector.dead_after
@@ -594,6 +602,14 @@ class Membership:
     def _check_won(self, now: float) -> None:
         candidacy = self._candidacy
         if candidacy is None or len(candidacy.granted) < candidacy.required:
+            return
+        if (
+            candidacy.bootstrap
+            and candidacy.answered < candidacy.voters
+            and now - candidacy.started_at < self.config.failure_detector.heartbeat_interval
+        ):
+            # Give the other nodes that see each other a moment to answer, so
+            # the cluster forms with all of them rather than a bare majority.
             return
         self._candidacy = None
         self._coordinator_failed_since = None
@@ -854,6 +870,7 @@ class Membership:
             return
         self.max_epoch = max(self.max_epoch, view.epoch)
         self.view = view
+        self._view_accepted_at = self.clock.seconds()
         if view.coordinator != self.node_id:
             self._acting = False
         self._coordinator_failed_since = None
@@ -938,7 +955,7 @@ class Membership:
         incarnation = body.get("i")
         if isinstance(incarnation, int) and not isinstance(incarnation, bool) and incarnation > info.incarnation:
             info.incarnation = incarnation
-        info.heard_at = self.clock.seconds()
+        info.heard_at = info.heartbeat_at = self.clock.seconds()
         if info.view_id is not None and self.view is not None and info.view_id > self.view.id and (
             self.view.is_active_member(sender) or info.coordinator == self.view.coordinator
         ):
@@ -1055,6 +1072,7 @@ class Membership:
         epoch = body.get("epoch")
         if candidacy is None or epoch != candidacy.epoch or sender not in candidacy.voters:
             return
+        candidacy.answered.add(sender)
         if body.get("granted") is True:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
