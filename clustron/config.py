@@ -86,7 +86,7 @@ _ID_RULE = (
 )
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 _TCP_LIKE = frozenset({"tcp", "tcp6", "ssl"})
-_SECRET_OPTION = re.compile(r"password|passwd|secret|credential|(^|_)token$|(^|_)key$", re.I)
+_SECRET_OPTION = re.compile(r"password|passwd|secret|credential|(^|_)token$", re.I)
 _MIN_KEY_BYTES = 16
 
 DiscoveryValidator = Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]]
@@ -136,7 +136,8 @@ class MembershipConfig:
         @param profile: a key of L{PROFILES}.
         @return: the defaults of that profile.
         """
-        return cls(**PROFILES[profile]["membership"])
+        timings = PROFILES[profile]["membership"]
+        return cls(join_timeout=timings["join_timeout"], merge_interval=timings["merge_interval"])
 
 
 @attrs.frozen
@@ -166,7 +167,13 @@ class FailureDetectorConfig:
         @param profile: a key of L{PROFILES}.
         @return: the defaults of that profile.
         """
-        return cls(**PROFILES[profile]["failure_detector"])
+        timings = PROFILES[profile]["failure_detector"]
+        return cls(
+            heartbeat_interval=timings["heartbeat_interval"],
+            suspect_after=timings["suspect_after"],
+            dead_after=timings["dead_after"],
+            probe_timeout=timings["probe_timeout"],
+        )
 
 
 @attrs.frozen
@@ -252,12 +259,13 @@ class SecurityConfig:
     @ivar keys: the cluster keys, resolved to bytes; the first is the
         primary key (used to sign), the others are also accepted (rotation).
     @ivar key_sources: where each key came from, as C{("file", path)} or
-        C{("env", name)} pairs, in the order of C{keys}.
+        C{("env", name)} pairs, in the order of C{keys} (for display; not
+        part of the value).
     """
 
     signing: str = "crc32"
     keys: tuple[bytes, ...] = attrs.field(default=(), converter=tuple, repr=False)
-    key_sources: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=tuple)
+    key_sources: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=tuple, eq=False)
 
     @property
     def primary_key(self) -> bytes | None:
@@ -437,7 +445,7 @@ class NodeConfig:
         inline token is shown as L{REDACTED} unless C{redact} is false.
         Cluster keys are shown only by their source, never as bytes.
         Discovery options whose names look secret (C{password}, C{secret},
-        C{token}, C{*_key}, ...) are redacted too.
+        C{credentials}, C{token}, C{*_token}) are redacted too.
 
         @param redact: hide secrets.
         @return: a dict of plain values (str, int, float, bool, None, list,
@@ -1360,25 +1368,29 @@ class _Reader:
         secrets: dict[str, str] = {}
         for index, entry in enumerate(entries):
             path = f"admin.tokens[{index}]"
-            token = self.token(entry, path)
+            token, name, secret = self.token(entry, path)
             tokens.append(token)
-            if token is _BAD:
-                continue
-            if token.name in names:
-                self.error(
-                    f"{path}.name",
-                    f"duplicate token name {token.name!r} (also at {names[token.name]})",
-                )
-            names.setdefault(token.name, path)
-            if token.secret in secrets:
-                self.error(path, f"same secret as {secrets[token.secret]}; each token must differ")
-            secrets.setdefault(token.secret, path)
+            if isinstance(name, str):
+                if name in names:
+                    self.error(
+                        f"{path}.name", f"duplicate token name {name!r} (also at {names[name]})"
+                    )
+                names.setdefault(name, path)
+            if isinstance(secret, str):
+                if secret in secrets:
+                    self.error(path, f"same secret as {secrets[secret]}; each token must differ")
+                secrets.setdefault(secret, path)
         return _BAD if _BAD in tokens else tuple(tokens)
 
-    def token(self, entry: Any, path: str) -> Any:
+    def token(self, entry: Any, path: str) -> tuple[Any, Any, Any]:
+        """
+        @return: C{(token, name, secret)}: the L{TokenConfig} or _BAD, and
+            its name and secret where they could be read (else _BAD), so
+            that duplicates are found even among broken entries.
+        """
         m = self.mapping(entry, path, ("name", "role", *_TOKEN_SOURCES))
         if m is _BAD:
-            return _BAD
+            return _BAD, _BAD, _BAD
         name = self.string(m, "name", f"{path}.name", identifier=True)
         role = self.string(m, "role", f"{path}.role", choices=ROLES)
         source = self.one_of(m, path, _TOKEN_SOURCES)
@@ -1401,7 +1413,7 @@ class _Reader:
                 secret = self.environment(token_env, where)
                 if secret is not _BAD:
                     secret = secret.strip()
-        return _build(
+        token = _build(
             TokenConfig,
             {
                 "name": name,
@@ -1411,6 +1423,7 @@ class _Reader:
                 "token_env": token_env,
             },
         )
+        return token, name, secret
 
     def read_text(self, file_name: str, path: str) -> Any:
         """

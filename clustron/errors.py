@@ -29,7 +29,7 @@ class ConfigError(ClustronError):
         """
         @return: one line per problem, C{key.path: reason}.
         """
-        return "\n".join(f"{key}: {reason}" for key, reason in self.errors)
+        return "\n".join(f"{key}: {reason}" if key else reason for key, reason in self.errors)
 
 
 class MissingPlugin(ClustronError):

@@ -1,0 +1,72 @@
+"""
+``twistd clustron``: run one node from a configuration file.
+
+    twistd -n clustron --config node.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from clustron.config import NodeConfig
+from clustron.errors import ClustronError, ConfigError
+
+
+class Options(usage.Options):
+    """
+    Command-line options of ``twistd clustron``.
+    """
+
+    synopsis = "--config FILE [--log-format text|json] [--log-level LEVEL]"
+    longdesc = (
+        "Run a Clustron cluster node. The node listens for peers at `listen`, finds "
+        "them through its discovery plugins, joins (or forms, with "
+        "membership.bootstrap_expect) its cluster, and serves the admin API at "
+        "admin.listen. See `clustron config check FILE` to validate a file first."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of the node's YAML or JSON configuration file (required)."],
+        ["log-format", None, None, "Log output: text or json (overrides logging.format)."],
+        ["log-level", None, None, "Lowest level logged: debug, info, warn, error (overrides logging.level)."],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802
+        """
+        Check the options.
+        """
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        if self["log-format"] not in (None, "text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["log-level"] not in (None, "debug", "info", "warn", "error", "critical"):
+            raise usage.UsageError("--log-level must be one of debug, info, warn, error, critical")
+
+
+def makeService(options: dict[str, Any]) -> IService:  # noqa: N802
+    """
+    Build the node service from parsed L{Options}.
+    """
+    from clustron.node import ClusterNode
+    from clustron.observability.logs import configure_logging
+
+    try:
+        config = NodeConfig.from_file(options["config"])
+    except ConfigError as e:
+        sys.stderr.write(f"{options['config']}: invalid configuration:\n{e.render()}\n")
+        raise SystemExit(2) from None
+    except (OSError, ClustronError) as e:
+        sys.stderr.write(f"{options['config']}: {e}\n")
+        raise SystemExit(2) from None
+    configure_logging(
+        config,
+        log_format=options.get("log-format"),
+        log_level=options.get("log-level"),
+    )
+    root = MultiService()
+    node = ClusterNode(config)
+    node.setServiceParent(root)
+    return root
