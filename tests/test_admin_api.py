@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -560,6 +560,22 @@ class RoutingTests(SynchronousTestCase):
             self.assertEqual(response.header("Allow"), allow)
             self.assertEqual(response.json()["error"]["code"], "method_not_allowed")
         self.assertEqual(harness.target.calls, [])
+
+    def test_idle_timeout(self) -> None:
+        """
+        A connection that sends nothing is closed after the idle timeout; an
+        open event stream is not.
+        """
+        harness = Harness(self)
+        idle = Connection(harness.site)
+        stream = harness.stream()
+        harness.clock.advance(59)
+        self.assertFalse(idle.transport.disconnecting)
+        harness.clock.advance(1)
+        self.assertTrue(idle.transport.disconnecting)
+        harness.clock.advance(600)
+        self.assertFalse(stream.transport.disconnecting)
+        stream.lose()
 
     def test_trailing_slash(self) -> None:
         """
@@ -1186,6 +1202,24 @@ class ServiceTests(SynchronousTestCase):
         self.assertIsNone(service.port)
         self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
         self.successResultOf(service.stopService())
+
+    def test_stop_before_listening(self) -> None:
+        """
+        Stopping while the endpoint is still starting cancels it quietly.
+        """
+
+        class SlowEndpoint:
+            def listen(self, factory: Any) -> Deferred[Any]:
+                return Deferred()
+
+        service = self.make()
+        service._endpoint = SlowEndpoint()  # type: ignore[assignment]
+        service.startService()
+        waiting = service.when_listening()
+        self.assertNoResult(waiting)
+        self.successResultOf(service.stopService())
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_bad_listen(self) -> None:
         """

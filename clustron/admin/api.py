@@ -39,7 +39,7 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 from attrs import frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -392,7 +392,7 @@ class ApiResource(Resource):
         if route.handler == "_events":
             return self._events(request)
         handler: Callable[[IRequest, dict[str, str]], Any] = getattr(self, route.handler)
-        finished: list[bool] = []
+        finished: list[object] = []
         request.notifyFinish().addBoth(finished.append)
         d = maybeDeferred(handler, request, params)
 
@@ -434,7 +434,7 @@ class ApiResource(Resource):
     ) -> tuple[Principal | None, tuple[int, str, str] | None]:
         header = request.getHeader(b"authorization")
         token = bearer_token(header)
-        in_query = request.args.get(b"token") if request.args else None
+        in_query = parse_qs(urlsplit(request.uri).query).get(b"token")
         if token is None and in_query and route.query_token:
             token = in_query[0].decode("utf-8", "replace")
         principal = self._authorizer.authenticate(token)
@@ -780,12 +780,20 @@ def access_log_formatter(timestamp: str, request: IRequest) -> str:
     return line
 
 
-def build_site(root: IResource, reactor: IReactorTime) -> Site:
+#: Seconds a connection may stay idle (or take to send a request) before it
+#: is closed; an open event stream is never idle in this sense.
+IDLE_TIMEOUT = 60.0
+
+
+def build_site(root: IResource, reactor: IReactorTime, idle_timeout: float = IDLE_TIMEOUT) -> Site:
     """
     @param root: the resource tree (L{build_root}).
     @param reactor: the reactor (connection timeouts, log timestamps).
+    @param idle_timeout: seconds before an idle connection is closed.
     @return: the site to listen with.
     """
-    site = Site(root, reactor=reactor, logFormatter=access_log_formatter)
+    site = Site(
+        root, reactor=reactor, logFormatter=access_log_formatter, timeout=idle_timeout
+    )
     site.displayTracebacks = False
     return site

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -92,12 +92,23 @@ class _BoundedBody(Protocol):
     Collects a response body, up to a limit.
     """
 
-    def __init__(self, status: int, finished: Deferred[bytes], limit: int) -> None:
+    def __init__(self, status: int, limit: int) -> None:
         self._status = status
-        self._finished = finished
+        self._finished: Deferred[bytes] = Deferred(self._cancel)
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+
+    @property
+    def finished(self) -> Deferred[bytes]:
+        """
+        Fires with the body, or fails.
+        """
+        return self._finished
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._finished.called:
@@ -285,7 +296,8 @@ class AdminClient:
         """
         d = self._request(b"GET", "/metrics", None, b"text/plain")
         d.addCallback(self._read, (200,))
-        return d.addCallback(lambda result: result[1].decode("utf-8"))
+        d.addCallback(lambda result: result[1].decode("utf-8"))
+        return self._limit_time(d)
 
     def events(self, callback: Callable[[dict[str, Any]], object]) -> Deferred[None]:
         """
@@ -297,7 +309,7 @@ class AdminClient:
         @return: a Deferred firing with None when the server ends the stream,
             failing when it breaks; cancel it to stop following.
         """
-        d = self._request(b"GET", "/v1/events", None, b"text/event-stream", timeout=False)
+        d = self._request(b"GET", "/v1/events", None, b"text/event-stream")
 
         def got(response: IResponse) -> Deferred[Any]:
             if response.code != 200:
@@ -316,7 +328,6 @@ class AdminClient:
         path: str,
         body: dict[str, Any] | None,
         accept: bytes,
-        timeout: bool = True,
     ) -> Deferred[IResponse]:
         headers = Headers({b"Accept": [accept], b"User-Agent": [_USER_AGENT]})
         if self._token is not None:
@@ -327,9 +338,32 @@ class AdminClient:
             producer = _BytesProducer(json.dumps(body).encode("utf-8"))
         url = (self.base_url + path).encode("utf-8")
         d: Deferred[IResponse] = self._agent.request(method, url, headers, producer)
-        if timeout and self._timeout is not None and self._reactor is not None:
-            d.addTimeout(self._timeout, self._reactor)
         return d
+
+    def _limit_time(self, d: Deferred[Any]) -> Deferred[Any]:
+        """
+        Cancel C{d} when it has not fired within the timeout, and fail it
+        then with L{TimeoutError} (the agent reports a cancellation in its
+        own wrapping, so L{Deferred.addTimeout} cannot be used as is).
+        """
+        if self._timeout is None or self._reactor is None:
+            return d
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        call = self._reactor.callLater(self._timeout, expire)
+
+        def done(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            if expired and isinstance(result, Failure):
+                raise TimeoutError(f"no answer within {self._timeout} seconds")
+            return result
+
+        return d.addBoth(done)
 
     def _call(
         self,
@@ -350,11 +384,13 @@ class AdminClient:
                     status, "bad_response", "the answer is not JSON"
                 ) from None
 
-        return d.addCallback(decode)
+        d.addCallback(decode)
+        return self._limit_time(d)
 
     def _read(self, response: IResponse, accept: tuple[int, ...]) -> Deferred[tuple[int, bytes]]:
-        finished: Deferred[bytes] = Deferred()
-        response.deliverBody(_BoundedBody(response.code, finished, self._max_response_bytes))
+        body = _BoundedBody(response.code, self._max_response_bytes)
+        finished = body.finished
+        response.deliverBody(body)
 
         def check(raw: bytes) -> tuple[int, bytes]:
             error = _error_of(raw) if response.code >= 400 else None

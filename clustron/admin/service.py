@@ -10,7 +10,7 @@ from typing import Any
 from OpenSSL.crypto import FILETYPE_PEM
 from OpenSSL.crypto import Error as OpenSSLError
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
@@ -92,8 +92,6 @@ class AdminService(Service):
     @ivar root: the resource tree.
     """
 
-    name = "admin"
-
     def __init__(
         self,
         reactor: Any,
@@ -128,6 +126,12 @@ class AdminService(Service):
             target, authorizer, reactor, AuditLog(audit_log_path), static_dir=static_dir
         )
         self.site = build_site(self.root, reactor)
+        if not authorizer.token_names:
+            log.warn(
+                "the admin API on {listen} has no tokens: it will refuse every request "
+                "but the dashboard page",
+                listen=listen,
+            )
         self._factory: IProtocolFactory = self.site
         if tls is not None:
             cert, key = _tls_paths(tls)
@@ -166,7 +170,10 @@ class AdminService(Service):
     def _listen_failed(self, failure: Failure) -> None:
         self._listening = None
         self._failure = failure
-        log.failure("admin API cannot listen on {listen}", failure, listen=self.listen)
+        if failure.check(CancelledError) and not self.running:
+            log.info("admin API stopped before it was listening on {listen}", listen=self.listen)
+        else:
+            log.failure("admin API cannot listen on {listen}", failure, listen=self.listen)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(failure)

@@ -279,20 +279,19 @@ def format_status(doc: Mapping[str, Any]) -> str:
     )
     quorum = doc.get("quorum") or {}
     has = quorum.get("has_quorum")
-    verdict = {True: "yes", False: "NO"}.get(has, "unknown")
+    verdict = "yes" if has is True else "NO" if has is False else "unknown"
     lines.append(
         f"quorum: {verdict} (mode {_text(quorum.get('mode'))}, "
         f"{_text(quorum.get('present'))} present, {_text(quorum.get('required'))} required)"
     )
     members = view.get("members") or []
     if members:
-        rows = [["", "NODE", "ADDRESS", "STATE", "INCARNATION", "DRAINING", "REASON"]]
+        rows = [["  NODE", "ADDRESS", "STATE", "INCARNATION", "DRAINING", "REASON"]]
         for member in members:
             node_id = member.get("node_id")
             rows.append(
                 [
-                    "*" if node_id == coordinator else "",
-                    _text(node_id),
+                    ("* " if node_id == coordinator else "  ") + _text(node_id),
                     _text(member.get("address")),
                     _text(member.get("state")),
                     _text(member.get("incarnation")),

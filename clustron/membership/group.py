@@ -102,6 +102,7 @@ class _Candidacy:
     bootstrap: bool
     reason: str
     answered: set[str] = attrs.Factory(set)
+    pre: bool = False
 
 
 @attrs.define
@@ -516,6 +517,8 @@ class Membership:
             return f"coordinator {coordinator} stepped down"
         if coordinator == self.node_id:
             return None
+        if self.max_epoch > self.view.epoch and now - self._view_accepted_at > 2 * self.config.membership.join_timeout:
+            return f"epoch {self.max_epoch} was voted for but no coordinator of it appeared"
         state = self.detector.state(coordinator)
         if state == fd.DEAD:
             return self.detector.reason(coordinator) or f"coordinator {coordinator} is dead"
@@ -575,33 +578,57 @@ class Membership:
         )
 
     def _stand(self, now: float, voters: set[str], required: int, bootstrap: bool, reason: str) -> None:
-        epoch = self.max_epoch + 1
-        self.max_epoch = epoch
-        self._remember_vote(epoch, self.node_id)
-        self._candidacy = _Candidacy(epoch, voters, {self.node_id}, required, now, bootstrap, reason)
-        self.metrics.elections.labels("bootstrap" if bootstrap else "failover").inc()
+        """
+        Stand for coordinator. Outside bootstrap this starts with a pre-vote
+        (asking whether the voters I{would} vote, without bumping any epoch),
+        so a node cut off from the cluster cannot disrupt it when it returns.
+        """
+        candidacy = _Candidacy(self.max_epoch + 1, voters, {self.node_id}, required, now, bootstrap, reason)
+        candidacy.pre = not bootstrap
+        self._candidacy = candidacy
+        if candidacy.pre:
+            self._send_vote_requests(candidacy, "prevote_req")
+            self._check_won(now)
+        else:
+            self._campaign(candidacy, now)
+
+    def _campaign(self, candidacy: _Candidacy, now: float) -> None:
+        candidacy.pre = False
+        candidacy.epoch = self.max_epoch + 1
+        candidacy.granted = {self.node_id}
+        candidacy.answered = set()
+        candidacy.started_at = now
+        self.max_epoch = candidacy.epoch
+        self._remember_vote(candidacy.epoch, self.node_id)
+        self.metrics.elections.labels("bootstrap" if candidacy.bootstrap else "failover").inc()
         log.info(
             "standing for coordinator of epoch {epoch} ({reason}); need {required} votes",
-            epoch=epoch,
-            reason=reason,
-            required=required,
+            epoch=candidacy.epoch,
+            reason=candidacy.reason,
+            required=candidacy.required,
         )
+        self._send_vote_requests(candidacy, "vote_req")
+        self._check_won(now)
+
+    def _send_vote_requests(self, candidacy: _Candidacy, kind: str) -> None:
         body = {
-            "k": "vote_req",
-            "epoch": epoch,
+            "k": kind,
+            "epoch": candidacy.epoch,
             "view": list(self.view.id) if self.view and self.joined else None,
             "priority": self.priority,
-            "bootstrap": bootstrap,
-            "fallback": "silent" in reason,
+            "bootstrap": candidacy.bootstrap,
+            "fallback": "silent" in candidacy.reason,
             "transfer": self._abdicated(),
         }
-        for voter in sorted(voters):
+        for voter in sorted(candidacy.voters):
             self._send_control(voter, body)
-        self._check_won(now)
 
     def _check_won(self, now: float) -> None:
         candidacy = self._candidacy
         if candidacy is None or len(candidacy.granted) < candidacy.required:
+            return
+        if candidacy.pre:
+            self._campaign(candidacy, now)
             return
         if (
             candidacy.bootstrap
@@ -763,6 +790,7 @@ class Membership:
             "install",
             view=view,
             present=present,
+            base=base,
             required=self.quorum.required(base),
             acting=self._acting,
         )
@@ -864,9 +892,10 @@ class Membership:
             ):
                 self._left_view(view, me)
             return
-        if me.incarnation > self.incarnation:
-            # A view from before our restart cannot list us with a newer
-            # incarnation; treat it as foreign.
+        if me.incarnation > self.incarnation or (not self.joined and me.incarnation != self.incarnation):
+            # A view that lists another life of this node (before a restart,
+            # or before it was dropped and rejoined): not ours to accept; the
+            # join that is under way will bring one that lists this life.
             return
         self.max_epoch = max(self.max_epoch, view.epoch)
         self.view = view
@@ -1014,6 +1043,24 @@ class Membership:
                 self.metrics.stale_epoch_refused.inc()
             self._send_control(sender, {"k": "vote", "epoch": epoch, "granted": False, "reason": deny})
 
+    def _on_prevote_req(self, sender: str, body: dict[str, Any]) -> None:
+        epoch = body.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ProtocolViolation("malformed", "bad pre-vote request")
+        deny = self._vote_denial(sender, epoch, body, bootstrap=False)
+        reply: dict[str, Any] = {"k": "prevote", "epoch": epoch, "granted": deny is None}
+        if deny is not None:
+            reply["reason"] = deny
+        self._send_control(sender, reply)
+
+    def _on_prevote(self, sender: str, body: dict[str, Any]) -> None:
+        candidacy = self._candidacy
+        if candidacy is None or not candidacy.pre or body.get("epoch") != candidacy.epoch:
+            return
+        if sender in candidacy.voters and body.get("granted") is True:
+            candidacy.granted.add(sender)
+            self._check_won(self.clock.seconds())
+
     def _vote_denial(self, candidate: str, epoch: int, body: dict[str, Any], bootstrap: bool) -> str | None:
         if epoch < self.max_epoch:
             return f"stale epoch {epoch} (seen {self.max_epoch})"
@@ -1070,7 +1117,7 @@ class Membership:
     def _on_vote(self, sender: str, body: dict[str, Any]) -> None:
         candidacy = self._candidacy
         epoch = body.get("epoch")
-        if candidacy is None or epoch != candidacy.epoch or sender not in candidacy.voters:
+        if candidacy is None or candidacy.pre or epoch != candidacy.epoch or sender not in candidacy.voters:
             return
         candidacy.answered.add(sender)
         if body.get("granted") is True:
@@ -1191,6 +1238,8 @@ class Membership:
         "view_req": _on_view_req,
         "vote_req": _on_vote_req,
         "vote": _on_vote,
+        "prevote_req": _on_prevote_req,
+        "prevote": _on_prevote,
         "abdicate": _on_abdicate,
         "leave": _on_leave,
         "alive": _on_alive,

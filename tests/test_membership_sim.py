@@ -1,0 +1,397 @@
+"""
+Membership, election, quorum and failure detection on the simulated network.
+
+Every test runs whole clusters of real nodes on one clock from one seed, and
+checks the promises of DESIGN section 4 after every event with
+L{MembershipChecker}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from clustron.testkit.checkers import MembershipChecker
+from clustron.testkit.cluster import SimCluster
+
+
+def make(size: int, seed: int = 1, **kwargs: Any) -> tuple[SimCluster, MembershipChecker]:
+    cluster = SimCluster(size, seed=seed, **kwargs)
+    checker = MembershipChecker()
+    cluster.on_node(checker.attach)
+    return cluster, checker
+
+
+class FormingTests(SynchronousTestCase):
+    """
+    Clusters form once, with every node, quickly.
+    """
+
+    def test_five_nodes_form_one_view(self) -> None:
+        cluster, checker = make(5)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        coordinators = {cluster.coordinator_seen_by(n) for n in cluster.node_ids}
+        self.assertEqual(coordinators, {"n5"})
+        checker.assert_ok()
+
+    def test_fifty_nodes_form_one_view(self) -> None:
+        cluster, checker = make(50, seed=3)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=6.0))
+        # Rank compares node ids as strings: "n9" outranks "n50".
+        self.assertEqual(cluster.coordinator_seen_by("n1"), "n9")
+        checker.assert_ok()
+
+    def test_bootstrap_expect_waits_for_enough_nodes(self) -> None:
+        """
+        With bootstrap_expect 3, two nodes alone never form a cluster; the
+        third one's arrival forms it.
+        """
+        cluster, checker = make(3, overrides={"membership": {"bootstrap_expect": 3}})
+        cluster.start(["n1", "n2"])
+        cluster.run(5)
+        self.assertFalse(any(n.membership.joined for n in cluster.live()))
+        cluster.start(["n3"])
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        checker.assert_ok()
+
+    def test_late_node_joins_existing_cluster(self) -> None:
+        cluster, checker = make(4, overrides={"membership": {"bootstrap_expect": 3}})
+        cluster.start(["n1", "n2", "n3"])
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2", "n3"]), 2.0))
+        epoch = cluster.nodes["n1"].view.epoch  # type: ignore[union-attr]
+        cluster.start(["n4"])
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        view = cluster.nodes["n4"].view
+        assert view is not None
+        # n4 outranks n3 but joins: no new election, same epoch.
+        self.assertEqual((view.epoch, view.coordinator), (epoch, "n3"))
+        checker.assert_ok()
+
+    def test_priority_outranks_node_id(self) -> None:
+        cluster, checker = make(3, per_node={"n1": {"priority": 10}})
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        self.assertEqual(cluster.coordinator_seen_by("n3"), "n1")
+        checker.assert_ok()
+
+    def test_same_trace_for_same_seed(self) -> None:
+        hashes = []
+        for _ in range(2):
+            cluster, _checker = make(5, seed=11)
+            cluster.start()
+            cluster.run(3)
+            hashes.append(cluster.network.trace_hash())
+        self.assertEqual(hashes[0], hashes[1])
+
+
+class FailureTests(SynchronousTestCase):
+    """
+    Crashes, pauses and restarts are detected within the configured bounds.
+    """
+
+    def formed(self, size: int = 5, **kwargs: Any) -> tuple[SimCluster, MembershipChecker]:
+        cluster, checker = make(size, **kwargs)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        return cluster, checker
+
+    def test_coordinator_crash(self) -> None:
+        """
+        After the coordinator crashes, every survivor names the next-ranked
+        node coordinator of a new epoch, and lists the old one as dead.
+        """
+        cluster, checker = self.formed()
+        old_epoch = cluster.nodes["n1"].view.epoch  # type: ignore[union-attr]
+        start = cluster.clock.seconds()
+        cluster.crash("n5")
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        self.assertLess(cluster.clock.seconds() - start, 2.0)
+        for node in cluster.live():
+            view = node.view
+            assert view is not None
+            self.assertEqual(view.coordinator, "n4")
+            self.assertGreater(view.epoch, old_epoch)
+            dead = view.member("n5")
+            assert dead is not None
+            self.assertEqual(dead.state, "dead")
+            self.assertIn("refused", dead.reason)
+        checker.assert_ok()
+
+    def test_coordinator_pause_detected_by_heartbeats(self) -> None:
+        """
+        A paused coordinator keeps its connections; only missing heartbeats
+        reveal it. The survivors elect within dead_after plus an election.
+        """
+        cluster, checker = self.formed()
+        start = cluster.clock.seconds()
+        cluster.pause("n5")
+        survivors = ["n1", "n2", "n3", "n4"]
+
+        def new_coordinator() -> bool:
+            return all(cluster.coordinator_seen_by(n) == "n4" for n in survivors)
+
+        self.assertTrue(cluster.run_until(new_coordinator, timeout=3.0))
+        elapsed = cluster.clock.seconds() - start
+        self.assertLess(elapsed, 3.0)
+        self.assertGreaterEqual(elapsed, 1.6)  # dead_after of the lan profile
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertIn("nothing heard", view.member("n5").reason)  # type: ignore[union-attr]
+        # The paused node wakes up, learns it was dropped, and rejoins.
+        cluster.resume("n5")
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=5.0))
+        self.assertEqual(cluster.coordinator_seen_by("n5"), "n4")
+        checker.assert_ok()
+
+    def test_member_crash_removed(self) -> None:
+        cluster, checker = self.formed()
+        cluster.crash("n2")
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=2.0))
+        view = cluster.nodes["n5"].view
+        assert view is not None
+        self.assertEqual(view.member("n2").state, "dead")  # type: ignore[union-attr]
+        self.assertEqual(view.coordinator, "n5")
+        checker.assert_ok()
+
+    def test_dead_member_reaped(self) -> None:
+        cluster, checker = self.formed()
+        cluster.crash("n2")
+        cluster.run(20)
+        view = cluster.nodes["n5"].view
+        assert view is not None
+        self.assertIsNone(view.member("n2"))
+        checker.assert_ok()
+
+    def test_restart_new_incarnation(self) -> None:
+        cluster, checker = self.formed()
+        before = cluster.nodes["n2"].membership.incarnation
+        cluster.crash("n2")
+        cluster.run(0.05)
+        cluster.clock.advance(0)  # keep the clock moving deterministically
+        cluster.restart("n2")
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        member = view.member("n2")
+        assert member is not None
+        self.assertGreater(member.incarnation, before)
+        self.assertEqual(member.state, "alive")
+        checker.assert_ok()
+
+    def test_no_false_suspicion_with_light_loss(self) -> None:
+        """
+        Below 10% loss and with pauses shorter than suspect_after, nobody is
+        declared dead.
+        """
+        cluster, checker = self.formed()
+        for a in cluster.node_ids:
+            for b in cluster.node_ids:
+                if a != b:
+                    cluster.network.set_link(cluster.host_of(a), cluster.host_of(b), loss=0.05)
+        deaths: list[dict[str, Any]] = []
+        for node in cluster.live():
+            node.subscribe(lambda e: deaths.append(e) if e["type"] == "member_died" else None)
+        for _ in range(5):
+            cluster.run(10)
+            cluster.pause("n3")
+            cluster.run(0.5)
+            cluster.resume("n3")
+        self.assertEqual(deaths, [])
+        self.assertTrue(cluster.converged())
+        checker.assert_ok()
+
+
+class PartitionTests(SynchronousTestCase):
+    """
+    Partitions never give two acting coordinators, and heal into one view.
+    """
+
+    def formed(self, size: int = 5, **kwargs: Any) -> tuple[SimCluster, MembershipChecker]:
+        cluster, checker = make(size, **kwargs)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        return cluster, checker
+
+    def test_majority_side_elects_minority_waits(self) -> None:
+        cluster, checker = self.formed()
+        events: list[dict[str, Any]] = []
+        for node in cluster.live():
+            node.subscribe(events.append)
+        cluster.partition(["n1", "n2", "n3"], ["n4", "n5"])
+        majority = ["n1", "n2", "n3"]
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(majority), timeout=4.0))
+        self.assertEqual(cluster.coordinator_seen_by("n1"), "n3")
+        cluster.run(2)
+        self.assertEqual(cluster.acting_coordinators(), ["n3"])
+        for node_id in ("n4", "n5"):
+            self.assertFalse(cluster.nodes[node_id].membership.quorum_status()["has_quorum"])
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=6.0))
+        self.assertEqual(cluster.acting_coordinators(), ["n3"])
+        self.assertIn("merged", {e["type"] for e in events if e["observer"] in ("n4", "n5")})
+        checker.assert_ok()
+
+    def test_isolate_one_then_heal(self) -> None:
+        cluster, checker = self.formed()
+        cluster.network.isolate(cluster.host_of("n2"))
+        others = ["n1", "n3", "n4", "n5"]
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(others), timeout=4.0))
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=6.0))
+        checker.assert_ok()
+
+    def test_asymmetric_link_keeps_membership(self) -> None:
+        """
+        n1 hears n2 but n2 does not hear n1: indirect probes through the
+        others keep both alive; nobody is declared dead.
+        """
+        cluster, checker = self.formed()
+        deaths: list[dict[str, Any]] = []
+        for node in cluster.live():
+            node.subscribe(lambda e: deaths.append(e) if e["type"] == "member_died" else None)
+        cluster.network.cut_one_way(cluster.host_of("n1"), cluster.host_of("n2"))
+        cluster.run(20)
+        self.assertEqual(deaths, [])
+        self.assertEqual(cluster.acting_coordinators(), ["n5"])
+        checker.assert_ok()
+
+    def test_asymmetric_from_coordinator(self) -> None:
+        """
+        The coordinator hears nobody but everyone hears it: it loses quorum,
+        the others elect a new coordinator, and no split brain happens.
+        """
+        cluster, checker = self.formed()
+        for other in ["n1", "n2", "n3", "n4"]:
+            cluster.network.cut_one_way(cluster.host_of(other), cluster.host_of("n5"))
+        self.assertTrue(
+            cluster.run_until(
+                lambda: all(cluster.coordinator_seen_by(n) == "n4" for n in ["n1", "n2", "n3"]),
+                timeout=8.0,
+            )
+        )
+        self.assertLessEqual(len(cluster.acting_coordinators()), 1)
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=8.0))
+        checker.assert_ok()
+
+    def test_flapping_link(self) -> None:
+        cluster, checker = self.formed()
+        a, b = cluster.host_of("n1"), cluster.host_of("n5")
+        for _ in range(20):
+            cluster.network.set_link(a, b, cut=True)
+            cluster.network.set_link(b, a, cut=True)
+            cluster.run(0.3)
+            cluster.network.heal()
+            cluster.run(0.3)
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=6.0))
+        checker.assert_ok()
+
+    def test_join_during_election(self) -> None:
+        cluster, checker = make(5, overrides={"membership": {"bootstrap_expect": 3}})
+        cluster.start(["n1", "n2", "n3", "n4"])
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2", "n3", "n4"]), 3.0))
+        cluster.crash("n4")
+        cluster.run(0.3)
+        cluster.start(["n5"])
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=6.0))
+        checker.assert_ok()
+
+    def test_quorum_none_split_brain_is_caught(self) -> None:
+        """
+        With quorum off, both sides of a partition act: the checker reports
+        it. This proves the checker can fail.
+        """
+        cluster, checker = make(5, overrides={"membership": {"quorum": "none"}})
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        cluster.partition(["n1", "n2", "n3"], ["n4", "n5"])
+        cluster.run(5)
+        self.assertEqual(cluster.acting_coordinators(), ["n3", "n5"])
+        cluster.heal()
+        cluster.run(8)
+        # Both sides merged back into one view.
+        self.assertTrue(cluster.converged())
+        # n3 coordinated without a majority of the five: a violation of the
+        # majority promise, which quorum "none" gives up.
+        self.assertFalse(checker.ok)
+
+
+class AdminOperationTests(SynchronousTestCase):
+    """
+    Drain, remove, forced election and graceful leave.
+    """
+
+    def formed(self) -> tuple[SimCluster, MembershipChecker]:
+        cluster, checker = make(5)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        return cluster, checker
+
+    def test_force_election_toward_preferred(self) -> None:
+        cluster, checker = self.formed()
+        results: list[Any] = []
+        cluster.nodes["n1"].force_election("n2").addBoth(results.append)
+        self.assertTrue(
+            cluster.run_until(lambda: all(cluster.coordinator_seen_by(n) == "n2" for n in cluster.node_ids), 3.0)
+        )
+        self.assertEqual(results[0]["expected"], "n2")
+        self.assertTrue(cluster.run_until(cluster.converged, 2.0))
+        checker.assert_ok()
+
+    def test_drained_coordinator_hands_over(self) -> None:
+        cluster, checker = self.formed()
+        cluster.nodes["n5"].drain_member("n5")
+        self.assertTrue(
+            cluster.run_until(lambda: all(cluster.coordinator_seen_by(n) == "n4" for n in cluster.node_ids), 3.0)
+        )
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertTrue(view.member("n5").draining)  # type: ignore[union-attr]
+        # A later failover never elects the draining node.
+        cluster.crash("n4")
+        self.assertTrue(cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n3", 4.0))
+        checker.assert_ok()
+
+    def test_remove_member(self) -> None:
+        cluster, checker = self.formed()
+        results: list[Any] = []
+        cluster.nodes["n1"].remove_member("n2", by="ops").addBoth(results.append)
+        self.assertTrue(cluster.run_until(lambda: not cluster.nodes["n2"].membership.joined, 2.0))
+        cluster.run(3)
+        view = cluster.nodes["n5"].view
+        assert view is not None
+        self.assertFalse(view.is_active_member("n2"))
+        self.assertIn("removed by ops", view.member("n2").reason)  # type: ignore[union-attr]
+        # It stays out.
+        self.assertFalse(cluster.nodes["n2"].membership.joined)
+        self.assertEqual(results[0]["node_id"], "n2")
+        checker.assert_ok()
+
+    def test_remove_unknown_member_fails(self) -> None:
+        cluster, _checker = self.formed()
+        failures: list[Any] = []
+        cluster.nodes["n5"].remove_member("n9").addErrback(failures.append)
+        self.assertEqual(failures[0].type.__name__, "UnknownMember")
+
+    def test_graceful_leave(self) -> None:
+        cluster, checker = self.formed()
+        done: list[Any] = []
+        cluster.nodes["n2"].leave().addBoth(done.append)
+        self.assertTrue(cluster.run_until(lambda: bool(done), 3.0))
+        view = cluster.nodes["n5"].view
+        assert view is not None
+        self.assertEqual(view.member("n2").state, "leaving")  # type: ignore[union-attr]
+        checker.assert_ok()
+
+    def test_coordinator_graceful_leave(self) -> None:
+        cluster, checker = self.formed()
+        done: list[Any] = []
+        cluster.nodes["n5"].leave().addBoth(done.append)
+        self.assertTrue(cluster.run_until(lambda: bool(done), 4.0))
+        self.assertTrue(
+            cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n4", 3.0)
+        )
+        checker.assert_ok()
