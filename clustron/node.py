@@ -12,13 +12,16 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from clustron import plugins
-from clustron.config import NodeConfig
-from clustron.errors import ProtocolViolation
+from clustron.admin.api import IAdminTarget
+from clustron.config import NodeConfig, diff_for_reload
+from clustron.errors import ConfigError, ProtocolViolation
 from clustron.membership.group import Membership
 from clustron.membership.view import View
 from clustron.observability.metrics import NodeMetrics
@@ -28,6 +31,7 @@ from clustron.wire.mesh import Mesh, format_address
 log = Logger()
 
 
+@implementer(IAdminTarget)
 class ClusterNode(MultiService):
     """
     A member of a Clustron cluster.
@@ -99,11 +103,39 @@ class ClusterNode(MultiService):
             framing.HEARTBEAT: self.membership.frame_received,
             framing.CONTROL: self.membership.frame_received,
         }
-        self.discovery: dict[str, Any] = {}
+        self.discovery: dict[str, Any] = self._make_discovery(config)
+        self.authorizer = None
+        self.admin = None
+        if config.admin.listen:
+            from clustron.admin.auth import Authorizer
+            from clustron.admin.service import AdminService
+
+            self.authorizer = Authorizer(config.admin.tokens)
+            self.admin = AdminService(
+                reactor,
+                config.admin.listen,
+                self,
+                self.authorizer,
+                config.admin.audit_log,
+                config.admin.tls,
+            )
+            self.admin.setServiceParent(self)
+
+    def _make_discovery(self, config: NodeConfig) -> dict[str, Any]:
+        sources = {}
         for name, options in sorted(config.discovery.items()):
             plugin = plugins.find("discovery", name)
-            source = plugin.create(reactor, config, options, lambda name=name: self._discovered(name))
-            self.discovery[name] = source
+            sources[name] = plugin.create(
+                self.reactor, config, options, lambda name=name: self._discovered(name)
+            )
+        return sources
+
+    @property
+    def metrics_registry(self) -> Any:
+        """
+        The node's Prometheus registry (served at C{GET /metrics}).
+        """
+        return self.metrics.registry
 
     # -- service -------------------------------------------------------------
 
@@ -209,6 +241,68 @@ class ClusterNode(MultiService):
         Mark a member draining: it stays a member but is never elected.
         """
         return self.membership.drain_member(node_id, by)
+
+    @inlineCallbacks
+    def reload_config(self) -> Any:
+        """
+        Re-read the configuration file and apply what can change at runtime
+        (failure-detector timings, log level, admin tokens, discovery);
+        changes to other keys are reported and ignored until a restart. An
+        invalid file changes nothing.
+
+        @return: a Deferred firing with C{{"applied": [...], "ignored":
+            [...], "errors": [...]}}.
+        """
+        path = self.config.source_path
+        if not path:
+            return {"applied": [], "ignored": [], "errors": ["this node was not started from a file"]}
+        try:
+            new = NodeConfig.from_file(path)
+        except ConfigError as e:
+            log.warn("configuration reload refused: {errors}", errors=e.render())
+            return {"applied": [], "ignored": [], "errors": [f"{k}: {r}" if k else r for k, r in e.errors]}
+        plan = diff_for_reload(self.config, new)
+        old = self.config
+        applied = attrs.evolve(
+            old,
+            failure_detector=new.failure_detector,
+            logging=attrs.evolve(old.logging, level=new.logging.level),
+            admin=attrs.evolve(old.admin, tokens=new.admin.tokens),
+            discovery=new.discovery,
+        )
+        errors: list[str] = []
+        if self.authorizer is not None and new.admin.tokens != old.admin.tokens:
+            try:
+                self.authorizer.replace(new.admin.tokens)
+            except ValueError as e:
+                errors.append(f"admin.tokens: {e}")
+                applied = attrs.evolve(applied, admin=old.admin)
+        if new.logging.level != old.logging.level:
+            from clustron.observability.logs import set_level
+
+            set_level(new.logging.level)
+        if new.failure_detector != old.failure_detector:
+            self.membership.reconfigure(applied)
+        if new.discovery != old.discovery:
+            for name, source in sorted(self.discovery.items()):
+                yield maybeDeferred(source.stop)
+                self.mesh.set_addresses(f"discovery:{name}", set())
+            self.config = applied
+            self.discovery = self._make_discovery(applied)
+            for name, source in sorted(self.discovery.items()):
+                yield maybeDeferred(source.start)
+                self._discovered(name)
+        self.config = applied
+        for key in plan.fixed:
+            log.warn(
+                "configuration key {key} changed but needs a restart; ignored until then", key=key
+            )
+        log.info(
+            "configuration reloaded: applied {applied}; ignored {ignored}",
+            applied=plan.reloadable,
+            ignored=plan.fixed,
+        )
+        return {"applied": plan.reloadable, "ignored": plan.fixed, "errors": errors}
 
     # -- status ---------------------------------------------------------------
 

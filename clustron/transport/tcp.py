@@ -43,6 +43,8 @@ class TcpTransport:
 
 
 class _NoDelay(Factory):
+    noisy = False
+
     def __init__(self, wrapped: Factory) -> None:
         self.wrapped = wrapped
 

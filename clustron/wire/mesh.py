@@ -50,7 +50,9 @@ def parse_address(text: str) -> Address:
     @raise ValueError: when it is not of that form.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{text!r} is not host:port")
+    if not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 
@@ -73,18 +75,23 @@ class _Dialer:
 
 
 class _PeerFactory(Factory):
+    noisy = False
+
     def __init__(self, mesh: Mesh, initiated: bool, address: Address | None = None) -> None:
         self.mesh = mesh
         self.initiated = initiated
         self.address = address
 
     def buildProtocol(self, addr: Any) -> PeerProtocol | None:  # noqa: N802
+        if not self.mesh._running:
+            return None
         protocol = PeerProtocol(self.mesh, self.mesh.serializer, self.initiated, self.address)
         if not self.initiated:
             host = getattr(addr, "host", "?")
             if not self.mesh._admit_inbound(host):
                 return None
             protocol.inbound_host = host
+        self.mesh._protocols[protocol] = None
         return protocol
 
 
@@ -132,6 +139,7 @@ class Mesh:
         self._address_of: dict[str, Address] = {}
         self._self_addresses: set[Address] = {config.advertise_address}
         self._pending_inbound: dict[str, int] = {}
+        self._protocols: dict[PeerProtocol, None] = {}  # in connection order
         self._port: IListeningPort | None = None
         self._running = False
         self.on_peer_up: Callable[[Hello], None] = lambda hello: None
@@ -171,7 +179,9 @@ class Mesh:
             if dialer.pending is not None and dialer.pending.active():
                 dialer.pending.cancel()
         self._dialers.clear()
-        for protocol in list(self.peers.values()):
+        # Every connection, handshaking ones included: none may complete a
+        # handshake with a stopped mesh.
+        for protocol in list(self._protocols):
             protocol.close("node stopping")
         port, self._port = self._port, None
         if port is not None:
@@ -383,6 +393,7 @@ class Mesh:
         """
         Forget a closed connection; redial its address if still wanted.
         """
+        self._protocols.pop(protocol, None)
         self._release_inbound(protocol)
         hello = protocol.peer
         if hello is not None and self.peers.get(hello.node_id) is protocol:
