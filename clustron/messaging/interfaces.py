@@ -171,8 +171,8 @@ class IFrameScheduler(Interface):
     acknowledgements.
     """
 
-    frames = Attribute("How many frames are queued, both lanes (int).")
-    bytes = Attribute("How many bytes are queued, both lanes (int).")
+    queued_frames = Attribute("How many frames are queued, both lanes (int).")
+    queued_bytes = Attribute("How many bytes are queued, both lanes (int).")
 
     def push(stream, frame, control=False):
         """

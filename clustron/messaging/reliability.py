@@ -29,6 +29,7 @@ arrival order, so that is what this module does.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -134,6 +135,10 @@ class ReliableSender:
     C{send} raises (no connection, full wire queue), the transmission counts
     as lost and the retry timer carries on.
 
+    State is kept per destination only while envelopes to it are
+    outstanding; the node submits only to members of its view, which bounds
+    the number of destinations.
+
     @ivar retransmissions: how many retransmissions were made (a metric).
     """
 
@@ -160,9 +165,11 @@ class ReliableSender:
             in-flight slot; beyond it L{submit} fails with QueueFull.
         @raise ValueError: when a bound or delay is out of range.
         """
-        if not 0 < retry_initial <= retry_max:
+        if not (math.isfinite(retry_initial) and math.isfinite(retry_max)) or not (
+            0 < retry_initial <= retry_max
+        ):
             raise ValueError(
-                f"need 0 < retry_initial ({retry_initial}) <= retry_max ({retry_max})"
+                f"need finite 0 < retry_initial ({retry_initial}) <= retry_max ({retry_max})"
             )
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
