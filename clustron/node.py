@@ -24,6 +24,8 @@ from clustron.config import NodeConfig, diff_for_reload
 from clustron.errors import ConfigError, ProtocolViolation
 from clustron.membership.group import Membership
 from clustron.membership.view import View
+from clustron.messaging.channel import Messenger
+from clustron.messaging.message import Message
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire import framing
 from clustron.wire.mesh import Mesh, format_address
@@ -99,9 +101,27 @@ class ClusterNode(MultiService):
             node_id, reason
         )
         self.mesh.on_frame = self._frame_received
+        self.messenger = Messenger(
+            node_id=config.node_id,
+            incarnation=self.incarnation,
+            clock=reactor,
+            config=config,
+            serializer=self.serializer,
+            serializers={s.name: s for s in serializers},
+            transmit=lambda to, envelope: self.mesh.send(to, framing.MESSAGE, envelope),
+            writable=self.mesh.writable,
+            view=lambda: self.membership.view,
+            rng=self.rng,
+            metrics=self.metrics,
+        )
+        self.mesh.on_writable = self.messenger.bulk_writable
+        self.membership.on_change = lambda: self.messenger.view_changed(
+            self.membership.view if self.membership.joined else None, self.membership.acting
+        )
         self._frame_handlers: dict[int, Callable[[str, int, Any], None]] = {
             framing.HEARTBEAT: self.membership.frame_received,
             framing.CONTROL: self.membership.frame_received,
+            framing.MESSAGE: self.messenger.frame_received,
         }
         self.discovery: dict[str, Any] = self._make_discovery(config)
         self.authorizer = None
@@ -173,6 +193,7 @@ class ClusterNode(MultiService):
                 log.failure("graceful leave failed")
         yield super().stopService()
         self.membership.stop()
+        self.messenger.stop()
         for name, source in sorted(self.discovery.items()):
             try:
                 yield maybeDeferred(source.stop)
@@ -216,6 +237,38 @@ class ClusterNode(MultiService):
         @return: a function that unsubscribes.
         """
         return self.membership.subscribe(callback)
+
+    def on_message(self, topic: str, handler: Callable[[Message], Any] | None) -> None:
+        """
+        Call C{handler(message)} for each message on C{topic}; its return
+        value (or Deferred) is the reply to a request. C{message} has
+        C{.topic .body .sender .id .correlation_id .order .position}.
+        """
+        self.messenger.on_message(topic, handler)
+
+    def send(self, to: str, topic: str, body: Any, reliable: bool = True) -> Deferred[None]:
+        """
+        Fire-and-forget unicast; the Deferred fires once C{to} acknowledged
+        it (see L{Messenger.send}).
+        """
+        return self.messenger.send(to, topic, body, reliable)
+
+    def request(self, to: str, topic: str, body: Any, timeout: float = 5.0) -> Deferred[Any]:
+        """
+        Request/response: fires with the reply body, or fails with
+        L{clustron.errors.RequestTimeout}, L{clustron.errors.RemoteError} or
+        L{clustron.errors.UnknownMember}.
+        """
+        return self.messenger.request(to, topic, body, timeout)
+
+    def broadcast(
+        self, topic: str, body: Any, order: str = "fifo", reliable: bool = True
+    ) -> Deferred[None]:
+        """
+        Send to every member of the current view, this node included, in
+        C{"fifo"}, C{"causal"} or C{"total"} order (see L{Messenger.broadcast}).
+        """
+        return self.messenger.broadcast(topic, body, order, reliable)
 
     def leave(self) -> Deferred[None]:
         """

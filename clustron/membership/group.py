@@ -185,6 +185,10 @@ class Membership:
         self._admin_counter = 0
         self._last_quorum: bool | None = None
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        #: Called with no arguments whenever the view or this node's acting
+        #: status changes (the messaging layer follows it).
+        self.on_change: Callable[[], None] = lambda: None
+        self._notified: tuple[Any, ...] | None = None
         #: Observers of internal decisions (the testkit's checkers):
         #: callables taking (kind, fields).
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
@@ -444,6 +448,13 @@ class Membership:
         else:
             self._follow(now)
         self._update_quorum_metrics()
+        self._notify_change()
+
+    def _notify_change(self) -> None:
+        state = (self.view.id if self.view is not None else None, self.joined, self.acting)
+        if state != self._notified:
+            self._notified = state
+            self.on_change()
 
     # -- outside: join or bootstrap ---------------------------------------------------
 
@@ -930,6 +941,7 @@ class Membership:
             self._send_control(view.coordinator, {"k": "alive", "incarnation": self.incarnation})
         if self._leaving is not None and view.coordinator != self.node_id:
             self._send_control(view.coordinator, {"k": "leave"})
+        self._notify_change()
         waiters, self._joined_waiters = self._joined_waiters, []
         for d in waiters:
             d.callback(view)
@@ -942,6 +954,7 @@ class Membership:
         self.max_epoch = max(self.max_epoch, view.epoch)
         self.detector.watch([], self.clock.seconds())
         self._emit({"type": "left_cluster", "node_id": self.node_id, "reason": reason, "view": list(view.id)})
+        self._notify_change()
         if self._leaving is not None:
             leaving, self._leaving = self._leaving, None
             log.info("left the cluster")

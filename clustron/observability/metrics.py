@@ -103,6 +103,26 @@ class NodeMetrics:
             "Messages or actions refused because they carried an older epoch.",
             registry=r,
         )
+        # Messaging.
+        self.messages_sent = Counter(
+            "clustron_messages_sent",
+            "Application and ordering messages sent, by kind (m unicast, r reply, b fifo "
+            "broadcast, c causal broadcast, t* total order).",
+            ["kind"],
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "clustron_messages_received",
+            "Application messages received, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "clustron_request_latency_seconds",
+            "Time from sending a request to its reply.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.heartbeat_rtt = Histogram(
             "clustron_heartbeat_rtt_seconds",
             "Round-trip time of heartbeat probes.",

@@ -48,8 +48,8 @@ class Hello:
     @ivar serializer: the name of the serializer its frames use.
     @ivar priority: its election priority.
     @ivar signing: its frame integrity mode (C{crc32}, C{hmac-sha256}, C{none}).
-    @ivar nonce: random hex chosen per connection (binds signatures to the
-        connection).
+    @ivar nonce: random hex drawn once per running node (so a node tells a
+        connection to itself from another node using the same id).
     """
 
     cluster_id: str
@@ -95,7 +95,7 @@ class Hello:
             value = data.get(key)
             if not isinstance(value, str) or len(value) > _MAX_TEXT:
                 raise ProtocolViolation(MALFORMED_HELLO, f"{key} must be a short string")
-            if pattern is not None and not pattern.match(value):
+            if pattern is not None and not pattern.fullmatch(value):
                 raise ProtocolViolation(MALFORMED_HELLO, f"{key} {value!r} is not a valid id")
             return value
 
@@ -114,7 +114,7 @@ class Hello:
             raise ProtocolViolation(MALFORMED_HELLO, "protocol must be [major, minor]")
         address = text("address")
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ProtocolViolation(MALFORMED_HELLO, f"address {address!r} is not host:port")
         return cls(
             cluster_id=text("cluster_id", _ID),
@@ -161,9 +161,10 @@ def check_hello(
             + ", ".join(sorted(known_serializers)),
         )
     if theirs.node_id == ours.node_id:
-        if theirs.incarnation == ours.incarnation and theirs.nonce == ours.nonce:
-            return (SELF_CONNECTION, "connected to itself")
-        if theirs.incarnation == ours.incarnation:
+        # The nonce is drawn once per running node: the same id with another
+        # nonce is another process, even when it started at the same moment
+        # (same incarnation).
+        if theirs.nonce == ours.nonce:
             return (SELF_CONNECTION, "connected to itself")
         return (
             DUPLICATE_NODE_ID,

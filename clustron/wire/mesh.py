@@ -36,7 +36,7 @@ from clustron.wire.handshake import (
     check_hello,
     keep_connection,
 )
-from clustron.wire.protocol import PeerProtocol
+from clustron.wire.protocol import DUPLICATE_CONNECTION, PeerProtocol
 
 log = Logger()
 
@@ -140,12 +140,16 @@ class Mesh:
         self._self_addresses: set[Address] = {config.advertise_address}
         self._pending_inbound: dict[str, int] = {}
         self._protocols: dict[PeerProtocol, None] = {}  # in connection order
+        # Peers whose kept connection the peer closed as a duplicate, while
+        # the connection it keeps has not finished its handshake here yet.
+        self._awaiting: dict[str, tuple[Hello, str, IDelayedCall]] = {}
         self._port: IListeningPort | None = None
         self._running = False
         self.on_peer_up: Callable[[Hello], None] = lambda hello: None
         self.on_peer_down: Callable[[Hello, str], None] = lambda hello, reason: None
         self.on_frame: Callable[[str, int, Any], None] = lambda node, kind, body: None
         self.on_unreachable: Callable[[str, Address, str], None] = lambda n, a, r: None
+        self.on_writable: Callable[[str], None] = lambda node_id: None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -183,6 +187,10 @@ class Mesh:
         # handshake with a stopped mesh.
         for protocol in list(self._protocols):
             protocol.close("node stopping")
+        for node_id in list(self._awaiting):
+            hello, reason, call = self._awaiting.pop(node_id)
+            call.cancel()
+            self.on_peer_down(hello, reason)
         port, self._port = self._port, None
         if port is not None:
             return port.stopListening()  # type: ignore[no-any-return]
@@ -224,7 +232,7 @@ class Mesh:
         for node_id, protocol in self.peers.items():
             if self._address_of.get(node_id) == address or protocol.dial_address == address:
                 return True
-        return False
+        return any(self._address_of.get(node_id) == address for node_id in self._awaiting)
 
     def _sync_dialers(self) -> None:
         wanted = self.wanted_addresses()
@@ -355,6 +363,19 @@ class Mesh:
             self._address_of[hello.node_id] = parse_address(hello.address)
         except ValueError:
             pass
+        awaited = self._awaiting.pop(hello.node_id, None)
+        if awaited is not None:
+            # The connection the peer kept: take it over silently, unless the
+            # peer restarted meanwhile.
+            before, _, call = awaited
+            call.cancel()
+            self.peers[hello.node_id] = protocol
+            protocol.established = True
+            self.metrics.connections.set(len(self.peers))
+            if hello.incarnation != before.incarnation:
+                self.on_peer_down(before, "restarted")
+                self.on_peer_up(hello)
+            return True
         if existing is not None and existing.peer is not None:
             newer = hello.incarnation > existing.peer.incarnation
             if not newer and not keep_connection(
@@ -365,7 +386,7 @@ class Mesh:
             # restarted.
             self.peers[hello.node_id] = protocol
             protocol.established = True
-            existing.close("replaced by newer incarnation" if newer else "duplicate connection")
+            existing.close("replaced by newer incarnation" if newer else DUPLICATE_CONNECTION)
             if newer:
                 self.on_peer_down(existing.peer, "restarted")
                 self.on_peer_up(hello)
@@ -381,6 +402,20 @@ class Mesh:
         )
         self.on_peer_up(hello)
         return True
+
+    def connection_writable(self, protocol: PeerProtocol) -> None:
+        """
+        An established connection drained: tell the layer above.
+        """
+        if protocol.peer is not None and self.peers.get(protocol.peer.node_id) is protocol:
+            self.on_writable(protocol.peer.node_id)
+
+    def writable(self, node_id: str) -> bool:
+        """
+        Whether the connection to C{node_id} takes frames without queueing.
+        """
+        protocol = self.peers.get(node_id)
+        return protocol is not None and protocol.writable
 
     def frame_received(self, protocol: PeerProtocol, frame_type: int, body: Any) -> None:
         """
@@ -399,19 +434,34 @@ class Mesh:
         if hello is not None and self.peers.get(hello.node_id) is protocol:
             del self.peers[hello.node_id]
             self.metrics.connections.set(len(self.peers))
-            log.info(
-                "lost connection to {peer_node}: {reason}", peer_node=hello.node_id, reason=reason
-            )
-            self.on_peer_down(hello, reason)
-            address = self._address_of.get(hello.node_id)
-            if address is not None and address in self._dialers and self._running:
-                dialer = self._dialers[address]
-                dialer.backoff.reset()
-                self._dial_soon(dialer, 0.0)
+            if protocol.bye_reason == DUPLICATE_CONNECTION and self._running:
+                # Both nodes dialled; the peer keeps the other connection,
+                # whose handshake is still on its way here (connections do
+                # not keep order between them). Wait for it rather than
+                # announcing the peer down and up again.
+                call = self.clock.callLater(
+                    self.handshake_timeout, self._replacement_missed, hello.node_id
+                )
+                self._awaiting[hello.node_id] = (hello, reason, call)
+            else:
+                self._peer_lost(hello, reason)
         if protocol.dial_address is not None and protocol.dial_address in self._dialers:
             dialer = self._dialers[protocol.dial_address]
             if not self._covered(dialer.address):
                 self._retry(dialer)
+
+    def _replacement_missed(self, node_id: str) -> None:
+        hello, reason, _ = self._awaiting.pop(node_id)
+        self._peer_lost(hello, reason)
+
+    def _peer_lost(self, hello: Hello, reason: str) -> None:
+        log.info("lost connection to {peer_node}: {reason}", peer_node=hello.node_id, reason=reason)
+        self.on_peer_down(hello, reason)
+        address = self._address_of.get(hello.node_id)
+        if address is not None and address in self._dialers and self._running:
+            dialer = self._dialers[address]
+            dialer.backoff.reset()
+            self._dial_soon(dialer, 0.0)
 
     def _admit_inbound(self, host: str) -> bool:
         pending = self._pending_inbound.get(host, 0)

@@ -41,6 +41,9 @@ log = Logger()
 
 _HANDSHAKE_SERIALIZER_ID = 1  # HELLO and REJECT are always JSON.
 
+#: The BYE reason of a connection closed because the pair keeps another one.
+DUPLICATE_CONNECTION = "duplicate connection"
+
 
 class PeerProtocolOwner(TypingProtocol):
     """
@@ -92,6 +95,11 @@ class PeerProtocolOwner(TypingProtocol):
         The peer refused our HELLO.
         """
 
+    def connection_writable(self, protocol: PeerProtocol) -> None:
+        """
+        The transport stopped pushing back and the queue is empty.
+        """
+
 
 @implementer(IPushProducer)
 class PeerProtocol(Protocol):
@@ -103,6 +111,7 @@ class PeerProtocol(Protocol):
     @ivar established: whether the handshake completed and this connection
         is the one kept for the pair.
     @ivar dial_address: for outgoing connections, the C{(host, port)} dialled.
+    @ivar bye_reason: the reason the peer gave in its BYE, if it sent one.
     """
 
     def __init__(
@@ -121,11 +130,13 @@ class PeerProtocol(Protocol):
         self.established = False
         self.closed = False
         self.close_reason = "connection lost"
+        self.bye_reason: str | None = None
         self._hello_sent = False
         self._decoder = FrameDecoder(owner.max_frame_bytes, owner.integrity_for(owner.local_hello, None))
         self._integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
         self._timeout: IDelayedCall | None = None
         self._paused = False
+        self._registered = False
         self._queue: collections.deque[bytes] = collections.deque()
         self._priority: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
@@ -137,6 +148,7 @@ class PeerProtocol(Protocol):
         Register as a producer, send our HELLO and start the handshake timer.
         """
         self.transport.registerProducer(self, True)
+        self._registered = True
         self._timeout = self.owner.clock.callLater(
             self.owner.handshake_timeout, self._handshake_timed_out
         )
@@ -174,6 +186,18 @@ class PeerProtocol(Protocol):
                 self.owner.metrics.protocol_violations.labels(e.reason).inc()
                 self._drop(f"protocol violation: {e}", level="warn", reason_code=e.reason)
                 return
+            except Exception:
+                # A bug above the wire must not escape into the reactor (or
+                # leave this connection half-handled): log it with its
+                # traceback, count it and close the connection.
+                log.failure(
+                    "error handling a {frame_type} frame from {peer_node}",
+                    frame_type=FRAME_TYPE_NAMES.get(frame.frame_type, str(frame.frame_type)),
+                    peer_node=self.peer.node_id if self.peer else None,
+                )
+                self.owner.metrics.protocol_violations.labels("internal_error").inc()
+                self._drop("internal error", level="error", reason_code="internal_error")
+                return
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError("lost"))) -> None:
         """
@@ -182,9 +206,7 @@ class PeerProtocol(Protocol):
         was_closed = self.closed
         self.closed = True
         self._cancel_timeout()
-        self._queue.clear()
-        self._priority.clear()
-        self._queued_bytes = 0
+        self._discard_queue()
         if not was_closed:
             self.close_reason = reason.getErrorMessage() or "connection lost"
         self.owner.connection_closed(self, self.close_reason)
@@ -199,10 +221,20 @@ class PeerProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         """
-        The transport drained: write what waited.
+        The transport drained: write what waited, then tell the owner the
+        connection can take more.
         """
         self._paused = False
         self._flush()
+        if self.writable and self.established:
+            self.owner.connection_writable(self)
+
+    @property
+    def writable(self) -> bool:
+        """
+        Whether a frame sent now goes straight to the transport.
+        """
+        return not self.closed and not self._paused and not self._queue and not self._priority
 
     def stopProducing(self) -> None:
         """
@@ -268,7 +300,10 @@ class PeerProtocol(Protocol):
         """
         if self.closed:
             return
-        if self.established:
+        if self.peer is not None:
+            # Both HELLOs are through: the peer reads ours before this BYE,
+            # and may have taken this connection as its own (see
+            # DUPLICATE_CONNECTION), so tell it why it closes.
             try:
                 self.send(framing.BYE, {"reason": reason})
             except (QueueFull, SerializationError):
@@ -276,17 +311,32 @@ class PeerProtocol(Protocol):
         self.close_reason = reason
         self.closed = True
         self._cancel_timeout()
-        self.transport.loseConnection()
+        self._flush(force=True)
+        self._lose_connection()
 
     # -- internals -----------------------------------------------------------
 
-    def _flush(self) -> None:
-        while not self._paused and (self._priority or self._queue):
+    def _flush(self, force: bool = False) -> None:
+        while (force or not self._paused) and (self._priority or self._queue):
             data = (self._priority or self._queue).popleft()
             self._queued_bytes -= len(data)
             self.owner.metrics.send_queue_frames.dec()
             self.owner.metrics.bytes_sent.inc(len(data))
             self.transport.write(data)
+
+    def _discard_queue(self) -> None:
+        self.owner.metrics.send_queue_frames.dec(self.queued_frames)
+        self._queue.clear()
+        self._priority.clear()
+        self._queued_bytes = 0
+
+    def _lose_connection(self) -> None:
+        # ITransport.loseConnection waits for a registered producer to be
+        # unregistered: without this the connection would never close.
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _write_raw(self, data: bytes, frame_type: int) -> None:
         self.owner.metrics.frames_sent.labels(FRAME_TYPE_NAMES.get(frame_type, "other")).inc()
@@ -304,7 +354,7 @@ class PeerProtocol(Protocol):
             self.owner.rejected_by_peer(self, reject)
             self.closed = True
             self._cancel_timeout()
-            self.transport.loseConnection()
+            self._lose_connection()
             return
         if self.peer is None:
             if frame_type != framing.HELLO:
@@ -319,9 +369,10 @@ class PeerProtocol(Protocol):
         if frame_type == framing.BYE:
             body = self._decode(frame)
             reason = body.get("reason") if isinstance(body, dict) else None
-            self.close_reason = f"peer said bye: {reason if isinstance(reason, str) else '?'}"
+            self.bye_reason = reason[:256] if isinstance(reason, str) else "?"
+            self.close_reason = f"peer said bye: {self.bye_reason}"
             self.closed = True
-            self.transport.loseConnection()
+            self._lose_connection()
             return
         if not self.established:
             raise ProtocolViolation("before_handshake", "frame before handshake completed")
@@ -357,7 +408,7 @@ class PeerProtocol(Protocol):
             self.close_reason = f"refused peer: {reason}: {detail}"
             self.closed = True
             self._cancel_timeout()
-            self.transport.loseConnection()
+            self._lose_connection()
             return
         self.peer = hello
         integrity = self.owner.integrity_for(self.owner.local_hello, hello)
@@ -367,7 +418,7 @@ class PeerProtocol(Protocol):
         if self.owner.handshake_complete(self):
             self.established = True
         else:
-            self.close("duplicate connection")
+            self.close(DUPLICATE_CONNECTION)
 
     def _handshake_timed_out(self) -> None:
         self._timeout = None
@@ -390,11 +441,12 @@ class PeerProtocol(Protocol):
         self.close_reason = why
         self.closed = True
         self._cancel_timeout()
-        self._queue.clear()
-        self._priority.clear()
-        self.transport.abortConnection() if hasattr(
-            self.transport, "abortConnection"
-        ) else self.transport.loseConnection()
+        self._discard_queue()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self._lose_connection()
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None and self._timeout.active():

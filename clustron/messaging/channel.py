@@ -1,0 +1,669 @@
+"""
+The messaging layer of one node: the API behind C{ClusterNode.send},
+C{request}, C{broadcast} and C{on_message}.
+
+Every reliable message travels on a per-destination FIFO stream
+(L{clustron.messaging.fifo}) with acknowledgements and retransmission
+(L{clustron.messaging.reliability}) and duplicate filtering
+(L{clustron.messaging.dedup}); on top of that stream sit causal order
+(vector clocks, L{clustron.messaging.causal}) and total order (a sequencer
+with a flush, L{clustron.messaging.total}). Envelopes larger than
+C{messaging.fragment_bytes} are split into fragments that are paced out as
+the connection drains, so heartbeats and small messages never wait behind a
+large one.
+
+Envelopes (the body of a MESSAGE frame):
+
+    {"type": "d", "id": ID, "f": [incarnation, stream, seq, first], "k": KIND, ...}
+    {"type": "u", "id": ID, "k": KIND, ...}          unreliable
+    {"type": "ack", "ids": [ID, ...]}
+    {"type": "frag", "id": ..., "index": ..., "count": ..., "total": ..., "data": base64, "s": SERIALIZER}
+
+Kinds: C{m} (unicast send or request), C{r} (response), C{b} (FIFO
+broadcast), C{c} (causal broadcast), and the total-order kinds of
+L{clustron.messaging.total}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import random
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clustron.config import NodeConfig
+from clustron.errors import (
+    ClustronError,
+    DeliveryFailed,
+    MessageTooLarge,
+    NotJoined,
+    ProtocolViolation,
+    QueueFull,
+    RemoteError,
+    RequestTimeout,
+    SerializationError,
+    UnknownMember,
+)
+from clustron.interfaces import ISerializer
+from clustron.membership.view import View
+from clustron.messaging import total
+from clustron.messaging.causal import CausalBroadcaster, CausalReceiver, VectorClock
+from clustron.messaging.dedup import DedupWindow
+from clustron.messaging.fifo import FifoReceiver, FifoSender, FifoStamp
+from clustron.messaging.fragments import Fragment, Fragmenter, Reassembler
+from clustron.messaging.ids import MessageId, MessageIdSource
+from clustron.messaging.message import Message, Position
+from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender
+from clustron.observability.metrics import NodeMetrics
+
+log = Logger()
+
+ORDERS = ("fifo", "causal", "total")
+_MAX_REQUESTS = 65536
+_MAX_TOPIC = 256
+_MAX_BULK_FRAMES_PER_PEER = 4096
+
+Handler = Callable[[Message], Any]
+
+
+class Messenger:
+    """
+    Sends and receives application messages for one node.
+
+    @param transmit: C{transmit(node_id, envelope)} writes one MESSAGE frame
+        to a connected peer, raising L{UnknownMember} or L{QueueFull} when it
+        cannot.
+    @param writable: C{writable(node_id)} says whether the connection to a
+        peer can take more bulk data now.
+    @param view: returns the current view (None before joining).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        incarnation: int,
+        clock: IReactorTime,
+        config: NodeConfig,
+        serializer: ISerializer,
+        serializers: dict[str, ISerializer],
+        transmit: Callable[[str, dict[str, Any]], None],
+        writable: Callable[[str], bool],
+        view: Callable[[], View | None],
+        rng: random.Random,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.clock = clock
+        self.config = config
+        self._serializer = serializer
+        self._serializers = serializers
+        self._transmit_frame = transmit
+        self._writable = writable
+        self._view = view
+        self.metrics = metrics
+        messaging = config.messaging
+        self._ids = MessageIdSource(node_id, incarnation)
+        self._sender = ReliableSender(
+            clock,
+            self._transmit,
+            messaging.retry_initial,
+            messaging.retry_max,
+            rng,
+            messaging.max_in_flight,
+            messaging.max_in_flight,
+        )
+        self._receiver = ReliableReceiver(clock, self._transmit, DedupWindow(messaging.dedup_window))
+        self._unreliable_window = DedupWindow(messaging.dedup_window)
+        self._fifo_out = FifoSender(incarnation)
+        self._fifo_in = FifoReceiver()
+        self._causal_key = f"{node_id}:{incarnation}"
+        self._causal_in = CausalReceiver()
+        self._causal_out = CausalBroadcaster(self._causal_key, self._causal_in)
+        self.total = total.TotalOrder(
+            node_id,
+            clock,
+            self._send_control,
+            self._deliver_total,
+            flush_timeout=config.membership.join_timeout,
+        )
+        self._fragmenter = Fragmenter(messaging.fragment_bytes, messaging.max_message_bytes)
+        self._reassembler = Reassembler(clock, max_message_bytes=messaging.max_message_bytes)
+        self._bulk: dict[str, collections.deque[dict[str, Any]]] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._requests: dict[str, tuple[Deferred[Any], IDelayedCall, str, float]] = {}
+        self._members: frozenset[str] = frozenset()
+        self._running = True
+        #: Observers of sends and deliveries (the testkit's checkers):
+        #: callables taking (kind, fields).
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.total.observers.append(self._observe_total)
+
+    # -- the application API ---------------------------------------------------
+
+    def on_message(self, topic: str, handler: Handler | None) -> None:
+        """
+        Call C{handler(message)} for every message on C{topic} (None removes
+        the handler). For a request, the handler's return value (or the
+        result of the Deferred it returns) is the reply; an exception is
+        sent back as a L{RemoteError}.
+        """
+        if handler is None:
+            self._handlers.pop(topic, None)
+        else:
+            self._handlers[topic] = handler
+
+    def send(self, to: str, topic: str, body: Any, reliable: bool = True) -> Deferred[None]:
+        """
+        Fire-and-forget unicast.
+
+        @return: a Deferred that fires once C{to} acknowledged the message
+            (at once when unreliable); it fails with L{UnknownMember} when
+            C{to} is not a member, L{DeliveryFailed} when C{to} dies or
+            leaves first, L{MessageTooLarge} or L{QueueFull}.
+        """
+        try:
+            self._check_member(to)
+            self._check_topic(topic)
+        except ClustronError as e:
+            return fail(e)
+        msg_id = self._ids.next_id()
+        if to == self.node_id:
+            self._later(self._dispatch_local, "m", msg_id, topic, body, None)
+            return succeed(None)
+        envelope = {"k": "m", "t": topic, "b": body}
+        return self._send_envelope(to, msg_id, envelope, reliable)
+
+    def request(self, to: str, topic: str, body: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Send a request and wait for the reply.
+
+        @return: a Deferred firing with the reply body; it fails with
+            L{RequestTimeout} after C{timeout} seconds
+            (C{messaging.request_timeout} by default), L{RemoteError} when
+            the handler raised, or L{UnknownMember}.
+        """
+        try:
+            self._check_member(to)
+            self._check_topic(topic)
+        except ClustronError as e:
+            return fail(e)
+        if len(self._requests) >= _MAX_REQUESTS:
+            return fail(QueueFull(f"{len(self._requests)} requests are waiting for replies"))
+        timeout = self.config.messaging.request_timeout if timeout is None else timeout
+        msg_id = self._ids.next_id()
+        correlation = str(msg_id)
+        d: Deferred[Any] = Deferred(lambda _: self._forget_request(correlation))
+
+        def timed_out() -> None:
+            entry = self._requests.pop(correlation, None)
+            if entry is not None:
+                entry[0].errback(
+                    RequestTimeout(f"no reply from {to} to {topic!r} within {timeout} s")
+                )
+
+        timer = self.clock.callLater(timeout, timed_out)
+        self._requests[correlation] = (d, timer, to, self.clock.seconds())
+        if to == self.node_id:
+            self._later(self._dispatch_local, "m", msg_id, topic, body, correlation)
+            return d
+        envelope = {"k": "m", "t": topic, "b": body, "rq": True}
+
+        def send_failed(failure: Failure) -> None:
+            entry = self._requests.pop(correlation, None)
+            if entry is not None:
+                if entry[1].active():
+                    entry[1].cancel()
+                entry[0].errback(failure)
+
+        self._send_envelope(to, msg_id, envelope, True).addErrback(send_failed)
+        return d
+
+    def broadcast(
+        self, topic: str, body: Any, order: str = "fifo", reliable: bool = True
+    ) -> Deferred[None]:
+        """
+        Send to every member of the current view, this node included.
+
+        @param order: C{"fifo"} (per sender, in send order), C{"causal"}
+            (after everything it causally depends on) or C{"total"} (one
+            order for all members).
+        @param reliable: when False, each member gets one try (FIFO only).
+        @return: a Deferred that fires once every member that stayed in the
+            view acknowledged it (C{fifo}, C{causal}) or once this node
+            delivered it in the total order (C{total}).
+        """
+        if order not in ORDERS:
+            return fail(ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}"))
+        if order != "fifo" and not reliable:
+            return fail(ValueError(f"{order} order needs reliable delivery"))
+        try:
+            self._check_topic(topic)
+            view = self._joined_view()
+        except ClustronError as e:
+            return fail(e)
+        msg_id = self._ids.next_id()
+        self._notify("broadcast", id=str(msg_id), order=order, topic=topic)
+        if order == "total":
+            try:
+                self._check_size({"k": "tf", "t": topic, "b": body})
+            except ClustronError as e:
+                return fail(e)
+            return self.total.broadcast(str(msg_id), topic, body)
+        envelope: dict[str, Any] = {"k": "b" if order == "fifo" else "c", "t": topic, "b": body}
+        if order == "causal":
+            stamp = self._causal_out.stamp()
+            envelope["vc"] = stamp.to_wire()
+            self._later(self._deliver_causal, self._causal_key, stamp, (self.node_id, msg_id, envelope))
+        else:
+            self._later(self._dispatch_local, "b", msg_id, topic, body, None)
+        sends = [
+            self._send_envelope(member, msg_id, dict(envelope), reliable)
+            for member in view.active_ids()
+            if member != self.node_id
+        ]
+        if not sends:
+            return succeed(None)
+        from twisted.internet.defer import DeferredList
+
+        def outcome(results: list[tuple[bool, Any]]) -> None:
+            for ok, value in results:
+                if not ok and not value.check(DeliveryFailed):
+                    value.raiseException()
+
+        return DeferredList(sends, consumeErrors=True).addCallback(outcome)
+
+    # -- membership -------------------------------------------------------------------
+
+    def view_changed(self, view: View | None, acting: bool) -> None:
+        """
+        Track the members: fail what is outstanding to those who left and
+        forget their streams.
+        """
+        members = frozenset(view.active_ids()) if view is not None else frozenset()
+        for gone in sorted(self._members - members):
+            self._sender.peer_left(gone)
+            self._fifo_out.forget(gone)
+            self._fifo_in.forget(gone)
+            self._bulk.pop(gone, None)
+            self._reassembler.forget(gone)
+            for correlation, (d, timer, to, _) in list(self._requests.items()):
+                if to == gone:
+                    del self._requests[correlation]
+                    if timer.active():
+                        timer.cancel()
+                    d.errback(UnknownMember(f"{gone} left the view before replying"))
+        self._members = members
+        if view is not None and self.node_id in members:
+            self.total.view_changed(view.coordinator, view.epoch, members, acting)
+
+    def stop(self) -> None:
+        """
+        Fail everything outstanding; stop timers.
+        """
+        self._running = False
+        self._sender.stop()
+        self._receiver.stop()
+        self._reassembler.stop()
+        self.total.fail_pending(ClustronError("node stopped"))
+        for d, timer, _, _ in list(self._requests.values()):
+            if timer.active():
+                timer.cancel()
+            d.errback(ClustronError("node stopped"))
+        self._requests.clear()
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def frame_received(self, sender: str, frame_type: int, envelope: Any) -> None:
+        """
+        A MESSAGE frame from an established peer.
+
+        @raise ProtocolViolation: when it is malformed.
+        """
+        if not isinstance(envelope, dict):
+            raise ProtocolViolation("malformed_message", "envelope is not a mapping")
+        kind = envelope.get("type")
+        if kind == "d":
+            self._receiver.receive(sender, envelope, admit=lambda env: self._admit(sender, env))
+        elif kind == ACK_TYPE:
+            self._sender.handle_ack(sender, envelope)
+        elif kind == "u":
+            msg_id = self._parse_id(envelope)
+            if not self._unreliable_window.seen(msg_id):
+                self._dispatch(sender, msg_id, envelope)
+        elif kind == "frag":
+            self._on_fragment(sender, envelope)
+        else:
+            raise ProtocolViolation("malformed_message", f"unknown envelope type {kind!r}")
+
+    def bulk_writable(self, node_id: str) -> None:
+        """
+        The connection to C{node_id} drained: send waiting fragments.
+        """
+        self._pump(node_id)
+
+    def _admit(self, sender: str, envelope: dict[str, Any]) -> bool:
+        stamp = envelope.get("f")
+        if not isinstance(stamp, list) or len(stamp) != 4:
+            raise ProtocolViolation("malformed_message", "bad FIFO stamp")
+        incarnation, stream, seq, first = stamp
+        msg_id = self._parse_id(envelope)
+        arrival = self._fifo_in.receive(sender, incarnation, seq, (msg_id, envelope), stream, first)
+        for delivered_id, delivered in arrival.deliver:
+            self._dispatch(sender, delivered_id, delivered)
+        return arrival.taken
+
+    def _dispatch(self, sender: str, msg_id: MessageId, envelope: dict[str, Any]) -> None:
+        kind = envelope.get("k")
+        if kind in total.KINDS:
+            assert isinstance(kind, str)
+            self.total.received(sender, kind, envelope)
+            return
+        if kind == "r":
+            self._on_response(sender, envelope)
+            return
+        topic = envelope.get("t")
+        if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
+            raise ProtocolViolation("malformed_message", "bad topic")
+        self.metrics.messages_received.labels(kind if isinstance(kind, str) else "?").inc()
+        if kind == "c":
+            stamp = VectorClock.from_wire(envelope.get("vc"))
+            self._deliver_causal(f"{sender}:{msg_id.incarnation}", stamp, (sender, msg_id, envelope))
+            return
+        if kind not in ("m", "b"):
+            raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
+        correlation = str(msg_id) if envelope.get("rq") is True else None
+        self._handle(sender, msg_id, kind, topic, envelope.get("b"), correlation)
+
+    def _dispatch_local(
+        self, kind: str, msg_id: MessageId, topic: str, body: Any, correlation: str | None
+    ) -> None:
+        if correlation is not None:
+            # A request to this node itself: answer it directly.
+            self._invoke(self.node_id, msg_id, "m", topic, body, correlation).addBoth(
+                lambda result: self._resolve(correlation, result)
+            )
+            return
+        self._handle(self.node_id, msg_id, kind, topic, body, None)
+
+    def _deliver_causal(self, key: str, stamp: VectorClock, payload: tuple[str, MessageId, dict[str, Any]]) -> None:
+        arrival = self._causal_in.receive(key, stamp, payload)
+        if not arrival.taken:
+            log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
+        for sender, msg_id, envelope in arrival.deliver:
+            self._handle(sender, msg_id, "c", envelope["t"], envelope.get("b"), None)
+
+    def _deliver_total(self, entry: total.Entry) -> None:
+        try:
+            msg_id = MessageId.parse(entry.id)
+        except ValueError:
+            raise ProtocolViolation("malformed_total", "bad message id") from None
+        self._handle(entry.origin, msg_id, "t", entry.topic, entry.body, None, Position(entry.epoch, entry.seq))
+
+    def _handle(
+        self,
+        sender: str,
+        msg_id: MessageId,
+        kind: str,
+        topic: str,
+        body: Any,
+        correlation: str | None,
+        position: Position | None = None,
+    ) -> None:
+        order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
+        self._notify("deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position)
+        d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
+        if correlation is not None:
+            d.addBoth(lambda result: self._reply(sender, correlation, result))
+        else:
+            d.addErrback(
+                lambda failure: log.failure(
+                    "handler for {topic} failed on {msg_id}", failure, topic=topic, msg_id=str(msg_id)
+                )
+            )
+
+    def _invoke(
+        self,
+        sender: str,
+        msg_id: MessageId,
+        kind: str,
+        topic: str,
+        body: Any,
+        correlation: str | None,
+        position: Position | None = None,
+    ) -> Deferred[Any]:
+        handler = self._handlers.get(topic)
+        if handler is None:
+            if correlation is not None:
+                return fail(LookupError(f"no handler for topic {topic!r} on {self.node_id}"))
+            log.debug("no handler for topic {topic}; message {msg_id} dropped", topic=topic, msg_id=str(msg_id))
+            return succeed(None)
+        order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
+        message = Message(
+            topic=topic,
+            body=body,
+            sender=sender,
+            id=msg_id,
+            correlation_id=correlation,
+            order=order,
+            position=position,
+        )
+        return maybeDeferred(handler, message)
+
+    def _reply(self, to: str, correlation: str, result: Any) -> None:
+        if isinstance(result, Failure):
+            error = result.value
+            envelope = {
+                "k": "r",
+                "c": correlation,
+                "ok": False,
+                "et": type(error).__name__,
+                "em": str(error)[:1000],
+            }
+        else:
+            envelope = {"k": "r", "c": correlation, "ok": True, "b": result}
+        if to == self.node_id:
+            self._resolve(correlation, result)
+            return
+        msg_id = self._ids.next_id()
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "could not send the reply to {peer} for {correlation}: {why}",
+                peer=to,
+                correlation=correlation,
+                why=failure.getErrorMessage(),
+            )
+
+        try:
+            self._check_size(envelope)
+        except MessageTooLarge as e:
+            envelope = {"k": "r", "c": correlation, "ok": False, "et": "MessageTooLarge", "em": str(e)}
+        self._send_envelope(to, msg_id, envelope, True).addErrback(failed)
+
+    def _on_response(self, sender: str, envelope: dict[str, Any]) -> None:
+        correlation = envelope.get("c")
+        if not isinstance(correlation, str):
+            raise ProtocolViolation("malformed_message", "response without correlation id")
+        entry = self._requests.get(correlation)
+        if entry is None or entry[2] != sender:
+            return
+        if envelope.get("ok") is True:
+            self._resolve(correlation, envelope.get("b"))
+        else:
+            self._resolve(
+                correlation,
+                Failure(RemoteError(str(envelope.get("et"))[:200], str(envelope.get("em"))[:1000])),
+            )
+
+    def _resolve(self, correlation: str, result: Any) -> None:
+        entry = self._requests.pop(correlation, None)
+        if entry is None:
+            return
+        d, timer, _, started = entry
+        if timer.active():
+            timer.cancel()
+        self.metrics.request_latency.observe(self.clock.seconds() - started)
+        if isinstance(result, Failure) and not isinstance(result.value, RemoteError):
+            result = Failure(RemoteError(type(result.value).__name__, str(result.value)))
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+    def _forget_request(self, correlation: str) -> None:
+        entry = self._requests.pop(correlation, None)
+        if entry is not None and entry[1].active():
+            entry[1].cancel()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _send_envelope(
+        self, to: str, msg_id: MessageId, envelope: dict[str, Any], reliable: bool
+    ) -> Deferred[None]:
+        envelope["id"] = str(msg_id)
+        try:
+            self._check_size(envelope)
+        except ClustronError as e:
+            return fail(e)
+        kind = envelope.get("k")
+        self.metrics.messages_sent.labels(kind if isinstance(kind, str) else "?").inc()
+        if not reliable:
+            envelope["type"] = "u"
+            try:
+                self._transmit(to, envelope)
+            except ClustronError as e:
+                return fail(e)
+            return succeed(None)
+        stamp = self._fifo_out.stamp(to)
+        envelope["type"] = "d"
+        envelope["f"] = [stamp.incarnation, stamp.stream_id, stamp.seq, stamp.first]
+        d = self._sender.submit(to, envelope)
+
+        def settle(result: Any, stamp: FifoStamp = stamp) -> Any:
+            self._fifo_out.settle(to, stamp)
+            return result
+
+        return d.addBoth(settle)
+
+    def _send_control(self, to: str, envelope: dict[str, Any]) -> None:
+        """
+        Reliable FIFO send for protocol traffic (total order); failures are
+        handled by the protocol itself (flush, re-forward).
+        """
+        if to == self.node_id:
+            return
+        self._send_envelope(to, self._ids.next_id(), dict(envelope), True).addErrback(lambda _: None)
+
+    def _transmit(self, to: str, envelope: dict[str, Any]) -> None:
+        if envelope.get("type") in ("d", "u"):
+            payload = self._serializer.dumps(envelope)
+            if len(payload) > self.config.messaging.fragment_bytes:
+                self._queue_fragments(to, str(envelope["id"]), payload)
+                return
+        self._transmit_frame(to, envelope)
+
+    def _queue_fragments(self, to: str, msg_id: str, payload: bytes) -> None:
+        queue = self._bulk.setdefault(to, collections.deque())
+        fragments = self._fragmenter.split(msg_id, payload)
+        if len(queue) + len(fragments) > _MAX_BULK_FRAMES_PER_PEER:
+            raise QueueFull(f"bulk queue to {to} is full")
+        for fragment in fragments:
+            wire = fragment.to_wire()
+            wire["data"] = base64.b64encode(fragment.data).decode("ascii")
+            wire["type"] = "frag"
+            wire["s"] = self._serializer.name
+            queue.append(wire)
+        self._pump(to)
+
+    def _pump(self, to: str) -> None:
+        queue = self._bulk.get(to)
+        while queue and self._writable(to):
+            wire = queue.popleft()
+            try:
+                self._transmit_frame(to, wire)
+            except ClustronError:
+                queue.clear()
+                break
+        if queue is not None and not queue:
+            self._bulk.pop(to, None)
+
+    def _on_fragment(self, sender: str, envelope: dict[str, Any]) -> None:
+        data = envelope.get("data")
+        serializer = self._serializers.get(str(envelope.get("s")))
+        if not isinstance(data, str) or serializer is None:
+            raise ProtocolViolation("bad_fragment", "bad data or serializer")
+        try:
+            raw = base64.b64decode(data.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise ProtocolViolation("bad_fragment", "data is not base64") from None
+        wire = dict(envelope)
+        wire["data"] = raw
+        whole = self._reassembler.add(sender, Fragment.from_wire(wire))
+        if whole is None:
+            return
+        try:
+            inner = serializer.loads(whole)
+        except SerializationError as e:
+            raise ProtocolViolation("bad_fragment", str(e)) from None
+        self.frame_received(sender, 0, inner)
+
+    # -- checks and helpers -----------------------------------------------------------------
+
+    def _joined_view(self) -> View:
+        view = self._view()
+        if view is None or not view.is_active_member(self.node_id):
+            raise NotJoined(f"{self.node_id} is not a member of a view yet")
+        return view
+
+    def _check_member(self, to: str) -> None:
+        view = self._joined_view()
+        if not view.is_active_member(to):
+            raise UnknownMember(f"{to!r} is not a member of view {view.epoch}.{view.seq}")
+
+    def _check_topic(self, topic: str) -> None:
+        if not isinstance(topic, str) or not topic or len(topic) > _MAX_TOPIC:
+            raise ValueError(f"topic must be a non-empty string of at most {_MAX_TOPIC} characters")
+
+    def _check_size(self, envelope: dict[str, Any]) -> None:
+        size = len(self._serializer.dumps(envelope))
+        limit = self.config.messaging.max_message_bytes
+        if size > limit:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds messaging.max_message_bytes={limit}"
+            )
+
+    def _parse_id(self, envelope: dict[str, Any]) -> MessageId:
+        try:
+            return MessageId.parse(envelope.get("id"))
+        except ValueError as e:
+            raise ProtocolViolation("bad_message_id", str(e)) from None
+
+    def _later(self, f: Callable[..., Any], *args: Any) -> None:
+        self.clock.callLater(0, f, *args)
+
+    def _observe_total(self, kind: str, fields: dict[str, Any]) -> None:
+        entry = fields["entry"]
+        self._notify(
+            f"total_{kind}",
+            sender=entry.origin,
+            id=entry.id,
+            order="total",
+            topic=entry.topic,
+            position=Position(entry.epoch, entry.seq),
+        )
+
+    def _notify(self, kind: str, **fields: Any) -> None:
+        if not self.observers:
+            return
+        fields["node_id"] = self.node_id
+        fields["time"] = self.clock.seconds()
+        for observer in self.observers:
+            observer(kind, fields)
