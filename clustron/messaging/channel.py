@@ -300,9 +300,14 @@ class Messenger:
                     if timer.active():
                         timer.cancel()
                     d.errback(UnknownMember(f"{gone} left the view before replying"))
+        was_member = self.node_id in self._members
         self._members = members
         if view is not None and self.node_id in members:
             self.total.view_changed(view.coordinator, view.epoch, members, acting)
+            if not was_member:
+                self.total.joined_view()
+        elif was_member:
+            self.total.left_view()
 
     def stop(self) -> None:
         """

@@ -45,8 +45,9 @@ SEQUENCED = "ts"
 FLUSH_REQUEST = "tq"
 FLUSH_REPLY = "tr"
 OPEN = "to"
+ALREADY = "tk"
 
-KINDS = frozenset({FORWARD, SEQUENCED, FLUSH_REQUEST, FLUSH_REPLY, OPEN})
+KINDS = frozenset({FORWARD, SEQUENCED, FLUSH_REQUEST, FLUSH_REPLY, OPEN, ALREADY})
 
 
 @attrs.frozen
@@ -193,6 +194,25 @@ class TotalOrder:
 
     # -- membership ----------------------------------------------------------------
 
+    def left_view(self) -> None:
+        """
+        This node is no longer a member: when it joins again it starts
+        delivering wherever the sequence then stands (what was sequenced
+        while it was out is not its to deliver).
+        """
+        self._open_epoch = None
+        self._fresh = True
+        self._buffer.clear()
+        self.coordinator = None
+        self._acting = False
+        self._cancel_flush()
+
+    def joined_view(self) -> None:
+        """
+        This node became a member again: forward what is still undelivered.
+        """
+        self._reforward()
+
     def view_changed(self, coordinator: str, epoch: int, members: Iterable[str], acting: bool) -> None:
         """
         The view (or this node's quorum) changed.
@@ -237,6 +257,8 @@ class TotalOrder:
             self._on_flush_reply(sender, body)
         elif kind == OPEN:
             self._on_open(sender, body)
+        elif kind == ALREADY:
+            self._on_already(body)
         else:
             raise ProtocolViolation("malformed_total", f"unknown kind {kind!r}")
 
@@ -262,7 +284,13 @@ class TotalOrder:
             raise ProtocolViolation("malformed_total", "bad forward")
         if trace is not None and not isinstance(trace, dict):
             raise ProtocolViolation("malformed_total", "bad trace context")
-        if msg_id in self._delivered_ids or msg_id in self._queued:
+        if msg_id in self._delivered_ids:
+            # Sequenced and delivered already, maybe while the origin was
+            # not a member: tell it, so it stops waiting.
+            if sender != self.node_id:
+                self._send(sender, {"k": ALREADY, "mid": msg_id})
+            return
+        if msg_id in self._queued:
             return
         forward = {"id": msg_id, "origin": sender, "t": topic, "b": body.get("b"), "tc": trace}
         if self._acting and self._flushing is None:
@@ -396,6 +424,14 @@ class TotalOrder:
         self._open(epoch, fill)
         self._drain_queue()
         self._reforward()
+
+    def _on_already(self, body: dict[str, Any]) -> None:
+        msg_id = body.get("mid")
+        if not isinstance(msg_id, str):
+            raise ProtocolViolation("malformed_total", "bad sequenced notice")
+        pending = self._forwarded.pop(msg_id, None)
+        if pending is not None:
+            pending.deferred.callback(None)
 
     # -- member --------------------------------------------------------------------------
 

@@ -116,3 +116,118 @@ class MembershipChecker:
         """
         if self.violations:
             raise InvariantViolation("\n".join(self.violations))
+
+
+class MessagingChecker:
+    """
+    Checks the messaging promises (DESIGN section 5) across all nodes:
+
+    - no message is delivered twice to one node;
+    - FIFO: per sender and receiver, unicasts and FIFO broadcasts arrive in
+      send order;
+    - causal: a causal broadcast is delivered only after everything that
+      happened before it (happens-before is computed here, from what each
+      sender had delivered when it broadcast, not taken from the nodes);
+    - total: one message per position everywhere, and each node delivers
+      positions in increasing order without gaps inside an epoch.
+
+    @ivar violations: every violation found, in the order found.
+    @ivar delivered: per node id, the message ids delivered, in order.
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.delivered: dict[str, list[str]] = {}
+        self.sent: dict[str, tuple[str, str]] = {}
+        self._seen: dict[int, set[str]] = {}
+        self._fifo_last: dict[tuple[int, str, int], int] = {}
+        self._past: dict[str, frozenset[str]] = {}
+        self._history: dict[int, set[str]] = {}
+        self._at_position: dict[tuple[int, int], str] = {}
+        self._last_position: dict[int, tuple[int, int]] = {}
+        self.total_log: dict[int, list[tuple[tuple[int, int], str]]] = {}
+
+    def attach(self, node: Any) -> None:
+        """
+        Observe one node's messenger (call for every node, restarted ones
+        too).
+        """
+        key = id(node.messenger)
+        node_id = node.node_id
+        self._seen[key] = set()
+        self._history[key] = set()
+        self.total_log[key] = []
+
+        def observe(kind: str, fields: dict[str, Any]) -> None:
+            self._observe(key, node_id, kind, fields)
+
+        node.messenger.observers.append(observe)
+
+    def _observe(self, key: int, node_id: str, kind: str, fields: dict[str, Any]) -> None:
+        time = fields["time"]
+        msg_id = fields["id"]
+        if kind == "broadcast":
+            self.sent[msg_id] = (node_id, fields["order"])
+            if fields["order"] == "causal":
+                # Everything this node delivered (and its own earlier
+                # broadcasts, which it delivers too) happened before.
+                self._past[msg_id] = frozenset(self._history[key])
+            return
+        if kind != "deliver":
+            return
+        order = fields["order"]
+        self.delivered.setdefault(node_id, []).append(msg_id)
+        if msg_id in self._seen[key]:
+            self.violations.append(f"t={time:.3f} {node_id} delivered {msg_id} twice")
+            return
+        self._seen[key].add(msg_id)
+        sender_node, incarnation, counter = msg_id.rsplit(":", 2)
+        if order in ("unicast", "fifo"):
+            stream = (key, sender_node, int(incarnation))
+            last = self._fifo_last.get(stream, 0)
+            if int(counter) <= last:
+                self.violations.append(
+                    f"t={time:.3f} {node_id} delivered {msg_id} after a later message "
+                    f"of the same sender (FIFO broken)"
+                )
+            self._fifo_last[stream] = max(last, int(counter))
+        if order == "causal":
+            for later, past in self._past.items():
+                # A delivered message whose past holds this one: this one
+                # arrives too late.
+                if msg_id in past and later in self._seen[key]:
+                    self.violations.append(
+                        f"t={time:.3f} {node_id} delivered {msg_id} after {later}, "
+                        "which causally depends on it (causal order broken)"
+                    )
+        if order == "total":
+            position = fields["position"]
+            pos = (position.epoch, position.seq)
+            holder = self._at_position.setdefault(pos, msg_id)
+            if holder != msg_id:
+                self.violations.append(
+                    f"t={time:.3f} {node_id} delivered {msg_id} at {pos}, where {holder} "
+                    "was delivered elsewhere (total order broken)"
+                )
+            last = self._last_position.get(key)
+            if last is not None and (pos <= last or (pos[0] == last[0] and pos[1] != last[1] + 1)):
+                self.violations.append(
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last} (gap or regression)"
+                )
+            self._last_position[key] = pos
+            self.total_log[key].append((pos, msg_id))
+        self._history[key].add(msg_id)
+
+    @property
+    def ok(self) -> bool:
+        """
+        Whether no violation was found.
+        """
+        return not self.violations
+
+    def assert_ok(self) -> None:
+        """
+        @raise InvariantViolation: listing every violation, if any.
+        """
+        if self.violations:
+            raise InvariantViolation("\n".join(self.violations))
