@@ -215,7 +215,9 @@ class SrvTests(DnsTestCase):
         self.three_peers()
         source = self.source(interval=5)
         source.start()
-        self.resolver.set([srv(SRV_NAME, "n1.example.test", 7101), a("n1.example.test", "10.0.0.1")])
+        self.resolver.set(
+            [srv(SRV_NAME, "n1.example.test", 7101), a("n1.example.test", "10.0.0.1")]
+        )
         self.clock.advance(4.9)
         self.assertEqual(len(source.addresses()), 3)
         self.clock.advance(0.1)
@@ -250,7 +252,7 @@ class SrvTests(DnsTestCase):
             if len(self.resolver.queries) > count:
                 count = len(self.resolver.queries)
                 times.append(self.clock.seconds())
-        gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+        gaps = [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
         self.assertTrue(times[0] == 5.0, times)
         for gap, base in zip(gaps, [1, 2, 4, 4, 4], strict=False):
             self.assertTrue(base / 2 <= gap <= base + 0.25, (gaps, base))
@@ -415,7 +417,9 @@ class AddressModeTests(DnsTestCase):
         """
         source = self.source(name="peers.example.test", port=7101)
         source.start()
-        self.assertEqual(source.last_error, "peers.example.test: peers.example.test has no A or AAAA records")
+        self.assertEqual(
+            source.last_error, "peers.example.test: peers.example.test has no A or AAAA records"
+        )
 
 
 class PluginTests(SynchronousTestCase):

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.defer import (
     Deferred,
     FirstError,
@@ -194,7 +195,7 @@ def describe_failure(failure: Failure, servers: Sequence[Address], timeout: floa
     while failure.check(FirstError):
         failure = failure.value.subFailure
     where = ", ".join(f"{host}:{port}" for host, port in servers)
-    if failure.check(DNSQueryTimeoutError):
+    if failure.check(DNSQueryTimeoutError, TimeoutError, defer.TimeoutError):
         return f"no answer from {where} within {timeout} s"
     if failure.check(DNSNameError, AuthoritativeDomainError):
         return f"no such name (NXDOMAIN) at {where}"

@@ -13,11 +13,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 
 from clustron.errors import ConfigError
@@ -229,3 +230,26 @@ class JsonStream(Protocol):
             self.done.callback(None)
         else:
             self.done.errback(reason)
+
+
+def describe_failure(failure: Failure, timeout: float) -> str:
+    """
+    A reason, for people, for a failed request.
+
+    @param timeout: the request timeout, named when the request timed out.
+    """
+    if failure.check(RegistryError):
+        return str(failure.value)
+    if failure.check(ResponseNeverReceived, ResponseFailed):
+        reasons = [
+            reason for reason in failure.value.reasons if not reason.check(ConnectionDone)
+        ] or failure.value.reasons
+        if reasons and all(reason.check(CancelledError) for reason in reasons):
+            return f"no answer within {timeout} s"
+        inner = "; ".join(
+            f"{reason.type.__name__}: {reason.getErrorMessage()}" for reason in reasons
+        )
+        return f"{failure.type.__name__} ({inner})"
+    if failure.check(CancelledError):
+        return f"no answer within {timeout} s"
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"

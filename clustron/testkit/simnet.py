@@ -48,7 +48,8 @@ import math
 import random
 import zlib
 from collections import deque
-from typing import Any, Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer, error
@@ -60,9 +61,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IListeningPort,
-    IProtocol,
     IProtocolFactory,
-    IPullProducer,
     IPushProducer,
     IReactorTCP,
     IReactorTime,
@@ -88,7 +87,7 @@ log = Logger()
 
 #: A link delay: fixed seconds, or a callable drawing seconds from the
 #: network's random generator.
-Delay = Union[float, Callable[[random.Random], float]]
+Delay = float | Callable[[random.Random], float]
 
 #: First port handed out for port 0 and for the client side of connections.
 EPHEMERAL_FIRST = 49152
@@ -101,10 +100,24 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _step_reaching(now: float, when: float) -> float:
+    """
+    @return: the smallest step C{s >= 0} found such that C{now + s >= when}
+        in floating point (C{when - now} itself, unless rounding makes it
+        fall short by an ulp).
+    """
+    step = max(0.0, when - now)
+    while now + step < when:
+        step += math.ulp(when)
+    return step
+
+
 def _check_delay(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if callable(value):
         return
-    if not _is_number(value) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+        math.isfinite(value) and value >= 0
+    ):
         raise ValueError(
             f"link {attribute.name} must be a finite number of seconds >= 0 or a "
             f"callable(rng) returning one, got {value!r}"
@@ -394,28 +407,21 @@ class SimNetwork:
         return bool(predicate())
 
     def _next_call_time(self) -> float | None:
-        calls = self.clock.getDelayedCalls()
+        calls = cast(Sequence[DelayedCall], self.clock.getDelayedCalls())
         if not calls:
             return None
         return min(call.getTime() for call in calls)
 
     def _advance_to(self, when: float) -> None:
-        now = self.clock.seconds()
-        step = max(0.0, when - now)
-        while now + step < when:
-            step = math.nextafter(step, math.inf)
-        self.clock.advance(step)
+        self.clock.advance(_step_reaching(self.clock.seconds(), when))
 
     def _schedule_at(self, when: float, func: Callable[..., object], *args: object) -> DelayedCall:
         """
         Schedule on the clock at C{when} or, float rounding aside, the
         smallest time not before it.
         """
-        now = self.clock.seconds()
-        step = max(0.0, when - now)
-        while now + step < when:
-            step = math.nextafter(step, math.inf)
-        return self.clock.callLater(step, func, *args)  # type: ignore[return-value]
+        step = _step_reaching(self.clock.seconds(), when)
+        return cast(DelayedCall, self.clock.callLater(step, func, *args))
 
     # Trace
 
@@ -554,15 +560,15 @@ class SimNetwork:
             )
             return
         now = self.clock.seconds()
-        for copy in range(copies):
+        for _ in range(copies):
             when = now + self._sample_delay(link, src, dst)
             if not link.reorder:
                 when = max(when, sender._last_arrival)
-            call = self._schedule_at(when, self._chunk_arrives, sender, data, copy)
+            call = self._schedule_at(when, self._chunk_arrives, sender, data)
             sender._last_arrival = max(sender._last_arrival, call.getTime())
             sender.in_flight += len(data)
 
-    def _chunk_arrives(self, sender: SimTransport, data: bytes, copy: int) -> None:
+    def _chunk_arrives(self, sender: SimTransport, data: bytes) -> None:
         receiver = sender.peer
         if self.link(sender.host.address, receiver.host.address).cut:
             self._record("drop", sender.name, receiver.name, data=data, note="cut")
@@ -620,8 +626,10 @@ class SimDelayedCall:
     def _schedule(self, delay: float) -> None:
         self._generation += 1
         self._state = "pending"
-        call = self._host.network.clock.callLater(delay, self._fire, self._generation)
-        self._clock_call = call  # type: ignore[assignment]
+        call = cast(
+            DelayedCall, self._host.network.clock.callLater(delay, self._fire, self._generation)
+        )
+        self._clock_call = call
         self._time = call.getTime()
 
     def _fire(self, generation: int) -> None:
@@ -688,8 +696,25 @@ class SimDelayedCall:
         """
         return self._state in ("pending", "due")
 
+    @property
+    def called(self) -> bool:
+        """
+        Whether this call has run (as on Twisted's C{DelayedCall}).
+        """
+        return self._state == "called"
+
+    @property
+    def cancelled(self) -> bool:
+        """
+        Whether this call was cancelled (as on Twisted's C{DelayedCall}).
+        """
+        return self._state == "cancelled"
+
     def __repr__(self) -> str:
-        return f"<SimDelayedCall {self._host.address} at {self._time!r} {self._state}: {self.func!r}>"
+        return (
+            f"<SimDelayedCall {self._host.address} at {self._time!r} {self._state}: "
+            f"{self.func!r}>"
+        )
 
 
 @implementer(IListeningPort)
@@ -701,7 +726,7 @@ class SimListeningPort:
     @ivar factory: the server factory.
     """
 
-    def __init__(self, host: SimHost, port: int, factory: IProtocolFactory, interface: str) -> None:
+    def __init__(self, host: SimHost, port: int, factory: Any, interface: str) -> None:
         self.host = host
         self.port = port
         self.factory = factory
@@ -772,7 +797,7 @@ class SimConnector:
         host: SimHost,
         destination_host: str,
         destination_port: int,
-        factory: ClientFactory,
+        factory: Any,
         timeout: float | None,
         bind_address: tuple[str, int] | None,
     ) -> None:
@@ -931,10 +956,10 @@ class SimTransport:
         self.host = host
         self.incarnation = host.incarnation
         self.name = f"{local.host}:{local.port}"
-        self.protocol: IProtocol | None = None
+        self.protocol: Any = None
         self.peer: SimTransport = self
         self.in_flight = 0
-        self.producer: IPushProducer | IPullProducer | None = None
+        self.producer: Any = None
         self._local = local
         self._remote = remote
         self._connector = connector
@@ -1033,7 +1058,7 @@ class SimTransport:
         self.network._send_event(self, "eof", None)
         protocol = self.protocol
         if protocol is not None and IHalfCloseableProtocol.providedBy(protocol):
-            self._soon(lambda: self._state != "closed" and protocol.writeConnectionLost())
+            self._soon(lambda: self._lost or protocol.writeConnectionLost())
         if self._read_closed:
             self._close(Failure(error.ConnectionDone()), None)
 
@@ -1081,7 +1106,7 @@ class SimTransport:
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer | IPullProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
         Take data from C{producer}: a streaming one is paused above the
         network's high water mark of in-flight bytes and resumed at its low
@@ -1151,7 +1176,7 @@ class SimTransport:
         host, incarnation = self.host, self.incarnation
         self.network.clock.callLater(0, lambda: host._dispatch(incarnation, thunk))
 
-    def _attach(self, build: Callable[[], IProtocol | None]) -> None:
+    def _attach(self, build: Callable[[], Any]) -> None:
         if self._state == "closed":
             return
         try:
@@ -1190,7 +1215,7 @@ class SimTransport:
             and self.in_flight > self.network.high_water
         ):
             self._producer_paused = True
-            producer.pauseProducing()  # type: ignore[union-attr]
+            producer.pauseProducing()
 
     def _consumed(self, size: int) -> None:
         """
@@ -1207,7 +1232,7 @@ class SimTransport:
         elif self.in_flight == 0:
             self.host._dispatch(self.incarnation, lambda: self._resume_producer(producer))
 
-    def _resume_producer(self, producer: IPushProducer | IPullProducer) -> None:
+    def _resume_producer(self, producer: Any) -> None:
         if self.producer is producer and self._state != "closed":
             producer.resumeProducing()
 

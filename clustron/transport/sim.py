@@ -10,10 +10,11 @@ reactor.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -75,7 +76,11 @@ class SimTransportPlugin:
                     )
                 ]
             )
-        return defer.maybeDeferred(host.listenTCP, port, factory)
+        try:
+            listening = host.listenTCP(port, factory)
+        except CannotListenError:
+            return defer.fail()
+        return defer.succeed(cast(IListeningPort, listening))
 
     def connect(
         self, reactor: Any, config: Any, host: str, port: int, factory: IProtocolFactory

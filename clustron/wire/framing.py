@@ -17,9 +17,11 @@ of the body is buffered, so a hostile length never costs memory.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 import zlib
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Sequence
 
 from clustron.errors import FrameError
 
@@ -41,6 +43,11 @@ BYE = 3
 CONTROL = 4
 HEARTBEAT = 5
 MESSAGE = 6
+PROOF = 7
+
+#: Frame types of the handshake, protected by the connection's handshake
+#: integrity rather than its session integrity.
+HANDSHAKE_TYPES = frozenset({1, 2, 7})
 
 FRAME_TYPE_NAMES = {
     HELLO: "hello",
@@ -49,6 +56,7 @@ FRAME_TYPE_NAMES = {
     CONTROL: "control",
     HEARTBEAT: "heartbeat",
     MESSAGE: "message",
+    PROOF: "proof",
 }
 
 # Flag bits.
@@ -136,6 +144,71 @@ class NoIntegrity:
         return True
 
 
+_COUNTER = struct.Struct(">Q")
+
+
+def key_id(key: bytes) -> bytes:
+    """
+    The 4-byte id of a signing key written in each signed frame, so a
+    receiver that holds several keys (during a rotation) picks the right one
+    without trying them all. It reveals nothing useful about the key.
+    """
+    return hashlib.sha256(b"clustron-key-id" + key).digest()[:4]
+
+
+class HmacSha256:
+    """
+    An HMAC-SHA256 trailer: C{counter (8) | key id (4) | tag (32)}.
+
+    The tag covers the connection's session id, the counter, the header and
+    the payload. The first key signs; every key verifies, so keys rotate
+    without downtime (add the new key second, then make it first, then drop
+    the old one). Each direction's counter must strictly grow, so a frame
+    replayed on the same connection is refused; the session id binds frames
+    to one connection, so one replayed on another is refused too.
+    """
+
+    flag = FLAG_HMAC
+    trailer_size = 8 + 4 + 32
+    name = "hmac-sha256"
+
+    def __init__(self, keys: Sequence[bytes], session: bytes) -> None:
+        if not keys:
+            raise ValueError("hmac-sha256 needs at least one key")
+        self._primary = keys[0]
+        self._primary_id = key_id(keys[0])
+        self._keys = {key_id(key): key for key in keys}
+        self._session = session
+        self._sent = 0
+        self._received = 0
+
+    def seal(self, data: bytes) -> bytes:
+        """
+        @return: the trailer for the next frame sent.
+        """
+        self._sent += 1
+        counter = _COUNTER.pack(self._sent)
+        tag = hmac.new(self._primary, self._session + counter + data, hashlib.sha256).digest()
+        return counter + self._primary_id + tag
+
+    def check(self, data: bytes, trailer: bytes) -> bool:
+        """
+        @return: whether the trailer is a valid, fresh signature of C{data}.
+        """
+        counter = trailer[:8]
+        key = self._keys.get(trailer[8:12])
+        if key is None:
+            return False
+        (number,) = _COUNTER.unpack(counter)
+        if number <= self._received:
+            return False
+        expected = hmac.new(key, self._session + counter + data, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, trailer[12:]):
+            return False
+        self._received = number
+        return True
+
+
 def encode_frame(
     frame_type: int,
     payload: bytes,
@@ -164,9 +237,15 @@ class FrameDecoder:
     @ivar buffered: the number of bytes held while waiting for a frame's end.
     """
 
-    def __init__(self, max_frame_bytes: int, integrity: IIntegrity) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int,
+        integrity: IIntegrity,
+        handshake_integrity: IIntegrity | None = None,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._integrity = integrity
+        self._handshake_integrity = handshake_integrity
         self._buffer = bytearray()
         self._error: FrameError | None = None
         self._minimum = HEADER_SIZE + integrity.trailer_size
@@ -229,6 +308,10 @@ class FrameDecoder:
                     )
                 stop = start + length
                 body_end = stop - trailer_size
+                if self._handshake_integrity is not None and frame_type in HANDSHAKE_TYPES:
+                    integrity = self._handshake_integrity
+                else:
+                    integrity = self._integrity
                 if trailer_size or flags & (FLAG_CRC32 | FLAG_HMAC):
                     if flags & (FLAG_CRC32 | FLAG_HMAC) != integrity.flag:
                         raise FrameError(

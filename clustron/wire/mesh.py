@@ -11,6 +11,7 @@ membership.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any, Callable, Iterable
 
@@ -26,7 +27,14 @@ from clustron.config import NodeConfig
 from clustron.errors import QueueFull, UnknownMember
 from clustron.interfaces import ISerializer, ITransportPlugin
 from clustron.observability.metrics import NodeMetrics
-from clustron.wire.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Crc32, IIntegrity, NoIntegrity
+from clustron.wire.framing import (
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    Crc32,
+    HmacSha256,
+    IIntegrity,
+    NoIntegrity,
+)
 from clustron.wire.handshake import (
     DUPLICATE_NODE_ID,
     SELF_CONNECTION,
@@ -289,9 +297,30 @@ class Mesh:
 
     def integrity_for(self, ours: Hello, theirs: Hello | None) -> IIntegrity:
         """
-        The frame protection of a connection: CRC32 unless configured off.
+        The frame protection of a connection: C{security.signing} decides
+        (CRC32 by default). With HMAC-SHA256, handshake frames are signed in
+        a handshake context and every later frame in a session bound to both
+        HELLO nonces of this connection.
         """
-        return NoIntegrity() if self.config.security.signing == "none" else Crc32()
+        signing = self.config.security.signing
+        if signing == "none":
+            return NoIntegrity()
+        if signing == "hmac-sha256":
+            if theirs is None:
+                context = b"clustron-hello:" + self.config.cluster_id.encode()
+            else:
+                low, high = sorted((ours.nonce, theirs.nonce))
+                context = hashlib.sha256(
+                    b"clustron-session:" + low.encode() + b":" + high.encode()
+                ).digest()
+            return HmacSha256(self.config.security.keys, context)
+        return Crc32()
+
+    def new_nonce(self) -> str:
+        """
+        A fresh random nonce for one connection's HELLO.
+        """
+        return f"{self._rng.getrandbits(128):032x}"
 
     def serializer_by_id(self, wire_id: int) -> ISerializer | None:
         """

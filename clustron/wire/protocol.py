@@ -17,6 +17,8 @@ queue is full too, L{PeerProtocol.send} raises L{QueueFull}.
 from __future__ import annotations
 
 import collections
+
+import attrs
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -132,8 +134,13 @@ class PeerProtocol(Protocol):
         self.close_reason = "connection lost"
         self.bye_reason: str | None = None
         self._hello_sent = False
-        self._decoder = FrameDecoder(owner.max_frame_bytes, owner.integrity_for(owner.local_hello, None))
-        self._integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
+        self.local_hello: Hello = owner.local_hello
+        self._handshake_integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
+        self._integrity: IIntegrity = self._handshake_integrity
+        self._decoder = FrameDecoder(
+            owner.max_frame_bytes, self._integrity, handshake_integrity=self._handshake_integrity
+        )
+        self._awaiting_proof = False
         self._timeout: IDelayedCall | None = None
         self._paused = False
         self._registered = False
@@ -152,13 +159,18 @@ class PeerProtocol(Protocol):
         self._timeout = self.owner.clock.callLater(
             self.owner.handshake_timeout, self._handshake_timed_out
         )
-        hello = self.owner.local_hello
+        new_nonce = getattr(self.owner, "new_nonce", None)
+        if new_nonce is not None:
+            # A fresh nonce per connection binds signatures to it.
+            self.local_hello = attrs.evolve(self.owner.local_hello, nonce=new_nonce())
+        else:
+            self.local_hello = self.owner.local_hello
         self._write_raw(
             framing.encode_frame(
                 framing.HELLO,
-                _handshake_json(hello.to_dict()),
+                _handshake_json(self.local_hello.to_dict()),
                 _HANDSHAKE_SERIALIZER_ID,
-                self._integrity,
+                self._handshake_integrity,
             ),
             framing.HELLO,
         )
@@ -366,6 +378,9 @@ class PeerProtocol(Protocol):
             return
         if frame_type == framing.HELLO:
             raise ProtocolViolation("duplicate_hello", "second HELLO on one connection")
+        if frame_type == framing.PROOF:
+            self._proof(_handshake_loads(frame.payload))
+            return
         if frame_type == framing.BYE:
             body = self._decode(frame)
             reason = body.get("reason") if isinstance(body, dict) else None
@@ -402,7 +417,7 @@ class PeerProtocol(Protocol):
                     framing.REJECT,
                     _handshake_json(Reject(reason, detail).to_dict()),
                     _HANDSHAKE_SERIALIZER_ID,
-                    self._integrity,
+                    self._handshake_integrity,
                 )
             )
             self.close_reason = f"refused peer: {reason}: {detail}"
@@ -411,9 +426,38 @@ class PeerProtocol(Protocol):
             self._lose_connection()
             return
         self.peer = hello
-        integrity = self.owner.integrity_for(self.owner.local_hello, hello)
+        integrity = self.owner.integrity_for(self.local_hello, hello)
         self._integrity = integrity
         self._decoder.set_integrity(integrity)
+        if integrity.flag == framing.FLAG_HMAC:
+            # Signed clusters: the peer must prove it holds a key before it
+            # counts as connected (a replayed HELLO proves nothing).
+            self._awaiting_proof = True
+            self._write_raw(
+                framing.encode_frame(
+                    framing.PROOF,
+                    _handshake_json({"a": self.local_hello.nonce, "b": hello.nonce}),
+                    _HANDSHAKE_SERIALIZER_ID,
+                    self._handshake_integrity,
+                ),
+                framing.PROOF,
+            )
+            return
+        self._complete_handshake()
+
+    def _proof(self, body: Any) -> None:
+        if not self._awaiting_proof or self.peer is None:
+            raise ProtocolViolation("unexpected_proof", "PROOF frame outside a signed handshake")
+        if (
+            not isinstance(body, dict)
+            or body.get("a") != self.peer.nonce
+            or body.get("b") != self.local_hello.nonce
+        ):
+            raise ProtocolViolation("bad_proof", "PROOF does not name this connection's nonces")
+        self._awaiting_proof = False
+        self._complete_handshake()
+
+    def _complete_handshake(self) -> None:
         self._cancel_timeout()
         if self.owner.handshake_complete(self):
             self.established = True

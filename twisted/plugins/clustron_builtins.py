@@ -6,7 +6,10 @@ file always imports: a plugin module that fails to import vanishes silently
 from Twisted's plugin lookup.
 """
 
+from clustron.discovery.consul import consul_discovery
 from clustron.discovery.dns import dns_discovery
+from clustron.discovery.etcd import etcd_discovery
+from clustron.discovery.mdns import mdns_discovery
 from clustron.discovery.static import static_discovery
 from clustron.election.bully import bully_election
 from clustron.serializers.json import json_serializer
@@ -16,7 +19,10 @@ from clustron.transport.tls import tls_transport
 
 __all__ = [
     "bully_election",
+    "consul_discovery",
     "dns_discovery",
+    "etcd_discovery",
+    "mdns_discovery",
     "json_serializer",
     "sim_transport",
     "static_discovery",
