@@ -1,45 +1,90 @@
 """
-Capped exponential backoff with full jitter.
+Capped exponential backoff with jitter, for every retry loop in Clustron
+(redialling peers, retransmitting messages, retrying discovery).
 """
 
 from __future__ import annotations
 
 import random
+from typing import Protocol
+
+
+class RandomSource(Protocol):
+    """
+    What L{Backoff} needs from a random number generator (a
+    L{random.Random}, seeded in tests and in the simulator).
+    """
+
+    def random(self) -> float:
+        """
+        @return: a float in C{[0.0, 1.0)}.
+        """
 
 
 class Backoff:
     """
-    Delays for retrying something that failed: the n-th delay is drawn
-    uniformly from C{[0, min(maximum, initial * 2**n)]} ("full jitter"), so
-    many nodes retrying after one event spread out instead of hammering in
-    step.
+    Delays for retrying something that failed.
+
+    The base delay of the n-th consecutive failure (from 0) is
+    C{min(maximum, initial * factor ** n)}; the delay handed out is drawn
+    from it with jitter, so that many nodes retrying after one event spread
+    out instead of hammering in step:
+
+      - C{"full"} (the default): uniform in C{[0, base]}, never below a
+        tenth of C{initial} so a retry loop cannot spin;
+      - C{"equal"}: uniform in C{[base / 2, base]}, for loops where a
+        retry must not come much sooner than the base (discovery).
 
     @ivar attempts: failures since the last L{reset}.
     """
 
-    def __init__(self, initial: float, maximum: float, rng: random.Random) -> None:
-        if initial <= 0 or maximum < initial:
-            raise ValueError(f"need 0 < initial ({initial}) <= maximum ({maximum})")
-        self.initial = initial
-        self.maximum = maximum
-        self._rng = rng
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        rng: RandomSource | None = None,
+        factor: float = 2.0,
+        jitter: str = "full",
+    ) -> None:
+        """
+        @raise ValueError: unless C{0 < initial <= maximum}, C{factor >= 1}
+            and C{jitter} is C{"full"} or C{"equal"}.
+        """
+        if not initial > 0:
+            raise ValueError(f"initial delay must be greater than 0, got {initial!r}")
+        if not maximum >= initial:
+            raise ValueError(
+                f"maximum delay must be at least the initial delay {initial!r}, got {maximum!r}"
+            )
+        if not factor >= 1:
+            raise ValueError(f"factor must be at least 1, got {factor!r}")
+        if jitter not in ("full", "equal"):
+            raise ValueError(f"jitter must be 'full' or 'equal', got {jitter!r}")
+        self.initial = float(initial)
+        self.maximum = float(maximum)
+        self.factor = float(factor)
+        self.jitter = jitter
+        self._rng: RandomSource = rng if rng is not None else random.Random()
         self.attempts = 0
 
     def ceiling(self) -> float:
         """
-        @return: the upper bound of the next delay.
+        @return: the base (upper bound) of the next delay.
         """
-        return min(self.maximum, self.initial * (2 ** min(self.attempts, 62)))
+        if self.attempts > 1000:
+            return self.maximum
+        return min(self.maximum, self.initial * self.factor**self.attempts)
 
     def next_delay(self) -> float:
         """
-        @return: the delay before the next attempt; counts one more failure.
+        @return: the delay before the next attempt, in seconds; counts one
+            more failure.
         """
-        ceiling = self.ceiling()
+        base = self.ceiling()
         self.attempts += 1
-        # Never zero: a floor of a tenth of the initial delay keeps a retry
-        # loop from spinning.
-        return max(self.initial / 10, self._rng.uniform(0, ceiling))
+        if self.jitter == "equal":
+            return base / 2 + self._rng.random() * base / 2
+        return max(self.initial / 10, self._rng.random() * base)
 
     def reset(self) -> None:
         """

@@ -1,5 +1,5 @@
 """
-Tests for L{clustron.discovery.backoff}.
+Tests for L{clustron.backoff} with equal jitter (the discovery retry schedule).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clustron.discovery.backoff import Backoff
+from clustron.backoff import Backoff
 
 
 class FixedRandom:
@@ -33,7 +33,7 @@ class BackoffTests(SynchronousTestCase):
         With the largest jitter the delays are the base delays: they double
         from C{initial} and stop at C{maximum}.
         """
-        backoff = Backoff(0.5, 3.0, FixedRandom(0.999999))
+        backoff = Backoff(0.5, 3.0, FixedRandom(0.999999), jitter="equal")
         delays = [round(backoff.next_delay(), 3) for _ in range(6)]
         self.assertEqual(delays, [0.5, 1.0, 2.0, 3.0, 3.0, 3.0])
         self.assertEqual(backoff.attempts, 6)
@@ -42,7 +42,7 @@ class BackoffTests(SynchronousTestCase):
         """
         Every delay lies between half the base delay and the base delay.
         """
-        backoff = Backoff(1.0, 8.0, random.Random(7))
+        backoff = Backoff(1.0, 8.0, random.Random(7), jitter="equal")
         bases = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
         delays = [backoff.next_delay() for _ in bases]
         for base, delay in zip(bases, delays, strict=True):
@@ -53,14 +53,14 @@ class BackoffTests(SynchronousTestCase):
         """
         With the smallest jitter every delay is half its base delay.
         """
-        backoff = Backoff(2.0, 4.0, FixedRandom(0.0))
+        backoff = Backoff(2.0, 4.0, FixedRandom(0.0), jitter="equal")
         self.assertEqual([backoff.next_delay() for _ in range(3)], [1.0, 2.0, 2.0])
 
     def test_reset(self) -> None:
         """
         L{Backoff.reset} starts over from the initial delay.
         """
-        backoff = Backoff(1.0, 100.0, FixedRandom(0.999999))
+        backoff = Backoff(1.0, 100.0, FixedRandom(0.999999), jitter="equal")
         for _ in range(5):
             backoff.next_delay()
         backoff.reset()
@@ -71,7 +71,7 @@ class BackoffTests(SynchronousTestCase):
         """
         Thousands of failures in a row keep giving the capped delay.
         """
-        backoff = Backoff(0.1, 5.0, FixedRandom(0.999999))
+        backoff = Backoff(0.1, 5.0, FixedRandom(0.999999), jitter="equal")
         for _ in range(5000):
             delay = backoff.next_delay()
         self.assertAlmostEqual(delay, 5.0, places=4)
@@ -80,8 +80,8 @@ class BackoffTests(SynchronousTestCase):
         """
         The jitter comes only from the given random source.
         """
-        first = Backoff(0.2, 10.0, random.Random(3))
-        second = Backoff(0.2, 10.0, random.Random(3))
+        first = Backoff(0.2, 10.0, random.Random(3), jitter="equal")
+        second = Backoff(0.2, 10.0, random.Random(3), jitter="equal")
         self.assertEqual(
             [first.next_delay() for _ in range(10)], [second.next_delay() for _ in range(10)]
         )

@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from clustron.discovery.backoff import Backoff, RandomSource
+from clustron.backoff import Backoff, RandomSource
 from clustron.discovery.jsonhttp import (
     RegistryError,
     default_client,
@@ -187,8 +187,8 @@ class ConsulDiscovery(ReportsStatus):
         self.service_id = f"{settings.service}-{node_config.cluster_id}-{node_config.node_id}"
         self.check_id = f"service:{self.service_id}"
         self._status = SourceStatus("consul", on_change)
-        self._register_backoff = Backoff(settings.retry_initial, settings.retry_max, rng)
-        self._query_backoff = Backoff(settings.retry_initial, settings.retry_max, rng)
+        self._register_backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
+        self._query_backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
         self._running = False
         self._registered = False
         self._index = 0

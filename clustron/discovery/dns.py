@@ -55,7 +55,7 @@ from twisted.names.error import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from clustron.discovery.backoff import Backoff, RandomSource
+from clustron.backoff import Backoff, RandomSource
 from clustron.discovery.options import (
     RETRY_OPTIONS,
     Option,
@@ -240,7 +240,7 @@ class DnsDiscovery(ReportsStatus):
         self._resolver_factory = resolver_factory or _real_resolver(reactor)
         self._system_nameservers = nameservers or system_nameservers
         self._status = SourceStatus("dns", on_change)
-        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng)
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
         self._resolver: tuple[tuple[Address, ...], Any] | None = None
         self._servers: tuple[Address, ...] = ()
         self._running = False

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from clustron.discovery.backoff import Backoff, RandomSource
+from clustron.backoff import Backoff, RandomSource
 from clustron.discovery.jsonhttp import (
     JsonStream,
     RegistryError,
@@ -194,7 +194,7 @@ class EtcdDiscovery(ReportsStatus):
         )
         self._range_start = settings.prefix.rstrip("/") + "/"
         self._status = SourceStatus("etcd", on_change)
-        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng)
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
         self._entries: dict[str, Address] = {}
         self._lease: str | None = None
         self._endpoint_index = 0

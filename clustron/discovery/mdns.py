@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from clustron.discovery.backoff import Backoff, RandomSource
+from clustron.backoff import Backoff, RandomSource
 from clustron.discovery.options import (
     RETRY_OPTIONS,
     Option,
@@ -240,7 +240,7 @@ class MdnsDiscovery(ReportsStatus):
         self._cluster_id = cluster_id
         self._backend = backend
         self._status = SourceStatus("mdns", on_change)
-        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng)
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
         self._instances: dict[str, Address] = {}
         self._ignored_versions: set[str] = set()
         self._running = False
