@@ -69,9 +69,11 @@ class ClusterNode(MultiService):
         self.strategy = plugins.find("election", config.election.plugin).create(config)
         identity_check = None
         if config.transport == "tls":
+            from clustron.security import tls_metrics
             from clustron.security.tls_identity import check_peer_identity
 
             identity_check = check_peer_identity
+            tls_metrics.register(self.metrics.registry)
         self.mesh = Mesh(
             reactor,
             config,

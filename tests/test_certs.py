@@ -147,7 +147,7 @@ class IssueNodeCertTests(SynchronousTestCase):
         client certificate, against the CA only.
         """
         store = verification.Store([self.ca])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = verification.PolicyBuilder().store(store).time(now)
         assert isinstance(name, (x509.DNSName, x509.IPAddress))
         builder.build_server_verifier(name).verify(cert, [])
@@ -185,9 +185,7 @@ class IssueNodeCertTests(SynchronousTestCase):
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ):
             self.verify(cert, name)
-        self.assertRaises(
-            verification.VerificationError, self.verify, cert, x509.DNSName("n2")
-        )
+        self.assertRaises(verification.VerificationError, self.verify, cert, x509.DNSName("n2"))
 
     def test_hosts(self) -> None:
         """
@@ -198,9 +196,7 @@ class IssueNodeCertTests(SynchronousTestCase):
             issue_node_cert(self.dir, "n2", hosts=["10.0.0.7", "::1", "n2.example.com"])[0]
         )
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        self.assertEqual(
-            set(san.get_values_for_type(x509.DNSName)), {"n2", "n2.example.com"}
-        )
+        self.assertEqual(set(san.get_values_for_type(x509.DNSName)), {"n2", "n2.example.com"})
         self.assertEqual(
             set(san.get_values_for_type(x509.IPAddress)),
             {ipaddress.ip_address("10.0.0.7"), ipaddress.ip_address("::1")},
@@ -236,7 +232,7 @@ class IssueNodeCertTests(SynchronousTestCase):
         The certificate is valid for C{days} from the time of issue (a few
         minutes earlier, for slow clocks), and never past the CA's expiry.
         """
-        now = datetime.datetime(2030, 1, 2, tzinfo=datetime.timezone.utc)
+        now = datetime.datetime(2030, 1, 2, tzinfo=datetime.UTC)
         cert = load_cert(issue_node_cert(self.dir, "n1", days=10, now=now)[0])
         self.assertEqual(cert.not_valid_before_utc, now - datetime.timedelta(minutes=5))
         self.assertEqual(cert.not_valid_after_utc, now + datetime.timedelta(days=10))
@@ -270,6 +266,13 @@ class IssueNodeCertTests(SynchronousTestCase):
             e = self.assertRaises(ValueError, issue_node_cert, self.dir, "n1", hosts=[bad])
             self.assertIn(repr(bad), str(e))
         self.assertFalse((self.dir / "n1.crt").exists())
+
+    def test_hosts_string(self) -> None:
+        """
+        A single string for C{hosts} is refused rather than read as a list
+        of one-letter hosts.
+        """
+        self.assertRaises(TypeError, issue_node_cert, self.dir, "n1", hosts="localhost")
 
     def test_no_ca(self) -> None:
         """

@@ -27,11 +27,18 @@ from twisted.logger import Logger, formatEvent
 from twisted.plugin import IPlugin
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.test.iosim import ConnectionCompleter, connect, makeFakeClient, makeFakeServer
+from twisted.test.iosim import (
+    ConnectionCompleter,
+    FakeTransport,
+    connect,
+    makeFakeClient,
+    makeFakeServer,
+)
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from clustron import plugins
 from clustron.config import NodeConfig
 from clustron.errors import ConfigError
 from clustron.interfaces import ITransportPlugin
@@ -126,7 +133,7 @@ class Certificates:
             self.main,
             "n9",
             days=1,
-            now=datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc),
+            now=datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC),
         )
         issue_node_cert(self.other, "n2")
         self.both = base / "both.crt"
@@ -185,9 +192,7 @@ class TlsTestCase(SynchronousTestCase):
         server_factory = RecorderFactory(b"from server")
         self.successResultOf(tls_transport.listen(reactor, server_config, server_factory))
         client_factory = RecorderFactory(b"from client")
-        connected = tls_transport.connect(
-            reactor, client_config, "127.0.0.1", 0, client_factory
-        )
+        connected = tls_transport.connect(reactor, client_config, "127.0.0.1", 0, client_factory)
         pump = ConnectionCompleter(reactor).succeedOnce()
         assert pump is not None
         pump.flush()
@@ -244,6 +249,12 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ITransportPlugin, tls_transport))
         self.assertIsInstance(tls_transport, TlsTransportPlugin)
         self.assertEqual(tls_transport.name, "tls")
+
+    def test_discoverable(self) -> None:
+        """
+        Twisted's plugin system finds the plugin by its name.
+        """
+        self.assertIs(plugins.find("transport", "tls"), tls_transport)
 
     def test_handshake_listener(self) -> None:
         """
@@ -540,7 +551,10 @@ class ConfigurationErrorTests(TlsTestCase):
         A certificate that the configured CA did not issue is refused.
         """
         config = node_config(
-            "n2", self.certs.main / "ca.crt", self.certs.other / "n2.crt", self.certs.other / "n2.key"
+            "n2",
+            self.certs.main / "ca.crt",
+            self.certs.other / "n2.crt",
+            self.certs.other / "n2.key",
         )
         self.assert_config_error(config, "tls.cert", "was not issued by a CA in")
 
@@ -586,9 +600,7 @@ class OptionsCacheTests(TlsTestCase):
             os.utime(self.certs.main / name, ns=(stamp, stamp))
         second = plugin.certificate_options(config)
         self.assertIsNot(first, second)
-        self.assertNotEqual(
-            first.certificate.to_cryptography(), second.certificate.to_cryptography()
-        )
+        self.assertNotEqual(first.certificate, second.certificate)
 
     def test_bounded(self) -> None:
         """
@@ -665,6 +677,20 @@ class HandshakeWatchTests(TlsTestCase):
         self.assertIsInstance(server.transport.getPeerCertificate(), X509)
         self.assertIsInstance(client.transport.getHandle(), SSL.Connection)
 
+    def test_no_delay(self) -> None:
+        """
+        Nagle's algorithm is turned off on the TCP connection on both sides.
+        """
+        calls: list[tuple[FakeTransport, bool]] = []
+        self.patch(
+            FakeTransport, "setTcpNoDelay", lambda transport, on: calls.append((transport, on))
+        )
+        self.connect_nodes(
+            self.certs.config("n1", self.certs.main), self.certs.config("n2", self.certs.main)
+        )
+        self.assertEqual([on for _, on in calls], [True, True])
+        self.assertEqual(len({id(transport) for transport, _ in calls}), 2)
+
     def test_error_after_data_not_counted(self) -> None:
         """
         A TLS error once application bytes have arrived is not a handshake
@@ -703,9 +729,7 @@ class PeerIdentityTests(SynchronousTestCase):
         The DNS names of the certificate's subjectAltName are the node ids
         it vouches for; IP addresses are not.
         """
-        self.assertEqual(
-            peer_node_ids(self.transport(self.certificate)), {"n3", "node3.example"}
-        )
+        self.assertEqual(peer_node_ids(self.transport(self.certificate)), {"n3", "node3.example"})
 
     def test_no_certificate(self) -> None:
         """

@@ -36,9 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "DIR/ca.key (keep it private; it signs node certificates).",
     )
     init.add_argument("--dir", required=True, help="directory to write the CA to")
-    init.add_argument(
-        "--force", action="store_true", help="replace an existing CA in DIR"
-    )
+    init.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
     init.add_argument(
         "--common-name",
         default="Clustron development CA",

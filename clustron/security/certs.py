@@ -15,8 +15,8 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -80,7 +80,7 @@ def _general_name(host: str) -> x509.GeneralName:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
@@ -265,10 +265,13 @@ def issue_node_cert(
     @raise FileNotFoundError: when C{dir} holds no CA.
     @raise FileExistsError: when the node already has a certificate or key
         and C{force} is false.
+    @raise TypeError: when C{hosts} is a single string.
     """
     validate_node_id(node_id)
     if days < 1:
         raise ValueError(f"invalid days {days!r}: must be at least 1")
+    if isinstance(hosts, str):
+        raise TypeError(f"hosts must be a list of hosts, not the string {hosts!r}")
     names: list[x509.GeneralName] = [x509.DNSName(node_id)]
     for host in hosts:
         name = _general_name(host)

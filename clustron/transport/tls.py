@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
+from OpenSSL.crypto import X509
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -39,8 +39,8 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
-    IStreamClientEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -101,9 +101,7 @@ def _load_private_key(key: str, path: str) -> Any:
     try:
         private_key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise ConfigError(
-            [(key, f"{path} is not an unencrypted PEM private key: {e}")]
-        ) from None
+        raise ConfigError([(key, f"{path} is not an unencrypted PEM private key: {e}")]) from None
     supported = (
         ec.EllipticCurvePrivateKey,
         rsa.RSAPrivateKey,
@@ -205,10 +203,12 @@ def build_certificate_options(tls: Any, node_id: str) -> CertificateOptions:
         raise ConfigError(
             [("tls.cert", f"{tls.cert} was not issued by a CA in {tls.ca}; peers would refuse it")]
         )
+    # cryptography objects, not pyOpenSSL ones: OpenSSL.SSL.Context accepts
+    # both, and pyOpenSSL deprecates its own.
     options = CertificateOptions(
-        privateKey=PKey.from_cryptography_key(private_key),
-        certificate=X509.from_cryptography(leaf),
-        extraCertChain=[X509.from_cryptography(c) for c in chain[1:]],
+        privateKey=private_key,
+        certificate=leaf,
+        extraCertChain=chain[1:],
         trustRoot=trustRootFromCertificates(
             [Certificate(X509.from_cryptography(c)) for c in authorities]
         ),
@@ -286,6 +286,20 @@ class HandshakeWatch(ProtocolWrapper):
     factory: HandshakeWatchFactory
     _received = False
 
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+        """
+        Turn Nagle's algorithm off on the TCP connection under TLS (cluster
+        traffic is small messages that want low latency), then connect the
+        application's protocol.
+        """
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        ProtocolWrapper.makeConnection(self, transport)
+
     def handshakeCompleted(self) -> None:
         """
         Pass the notification on to the application's protocol if it wants it.
@@ -300,7 +314,7 @@ class HandshakeWatch(ProtocolWrapper):
         self._received = True
         ProtocolWrapper.dataReceived(self, data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         """
         Report a TLS error that ends the connection before any application
         bytes, then tell the application's protocol.
@@ -340,8 +354,7 @@ class HandshakeWatchFactory(WrappingFactory):
         if verify_failure is not None:
             detail = f"{detail}: {verify_failure}"
         log.warn(
-            "TLS handshake with {peer} failed ({side} side of node {node_id}): "
-            "{reason}: {detail}",
+            "TLS handshake with {peer} failed ({side} side of node {node_id}): {reason}: {detail}",
             peer=_describe_address(watch.transport),
             side=self.side,
             node_id=self.node_id,
@@ -353,7 +366,7 @@ class HandshakeWatchFactory(WrappingFactory):
 
 def _client_endpoint(
     reactor: Any, host: str, port: int, timeout: float
-) -> IStreamClientEndpoint:
+) -> HostnameEndpoint | TCP4ClientEndpoint | TCP6ClientEndpoint:
     """
     @return: an endpoint dialling C{host}:C{port} (an IP address literal, or
         a name resolved by the reactor).

@@ -57,7 +57,8 @@ def node_config(node_id: str, ca: Path, cert: Path, key: Path) -> NodeConfig:
 class Peer(Protocol):
     """
     Writes a greeting when connected; records what arrives, and fires
-    C{received} on the first bytes and C{lost} when the connection ends.
+    C{received} on the first bytes and C{lost} when the connection ends
+    (after setting C{reason}).
     When C{answer} is set, answers the first bytes with it and hangs up.
     """
 
@@ -67,7 +68,8 @@ class Peer(Protocol):
         self.data = b""
         self.names: set[str] = set()
         self.received: Deferred[None] = Deferred()
-        self.lost: Deferred[Failure] = Deferred()
+        self.reason: Failure | None = None
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802
         if self.greeting:
@@ -84,7 +86,8 @@ class Peer(Protocol):
             self.received.callback(None)
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
-        self.lost.callback(reason)
+        self.reason = reason
+        self.lost.callback(None)
 
 
 class PeerFactory(Factory):
@@ -127,7 +130,9 @@ class SClient(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802
         code = reason.value.exitCode
-        self.ended.callback((code, self.out.decode(errors="replace"), self.err.decode(errors="replace")))
+        self.ended.callback(
+            (code, self.out.decode(errors="replace"), self.err.decode(errors="replace"))
+        )
 
 
 class TlsLoopbackTestCase(TestCase):
@@ -151,10 +156,12 @@ class TlsLoopbackTestCase(TestCase):
             self.main,
             "n9",
             days=1,
-            now=datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc),
+            now=datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC),
         )
         self.both = base / "both.crt"
-        self.both.write_bytes((self.main / "ca.crt").read_bytes() + (self.other / "ca.crt").read_bytes())
+        self.both.write_bytes(
+            (self.main / "ca.crt").read_bytes() + (self.other / "ca.crt").read_bytes()
+        )
         self.registry = CollectorRegistry()
         tls_metrics.register(self.registry)
         self.baseline = {r: self.failures(r) for r in tls_metrics.REASONS}
@@ -189,8 +196,14 @@ class TlsLoopbackTestCase(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
-    def assert_tls_failure(self, reason: Failure) -> None:
-        self.assertTrue(reason.check(SSL.Error), reason)
+    def assert_tls_failure(self, peer: Peer) -> None:
+        """
+        C{peer}'s connection ended with a TLS error and no application bytes.
+        """
+        self.assertIsNotNone(peer.reason)
+        assert peer.reason is not None
+        self.assertTrue(peer.reason.check(SSL.Error), peer.reason)
+        self.assertEqual(peer.data, b"")
 
 
 class NodeToNodeTests(TlsLoopbackTestCase):
@@ -243,10 +256,9 @@ class NodeToNodeTests(TlsLoopbackTestCase):
         server, client = yield self.connect_nodes(
             self.config("n1", self.main), self.config("n2", self.other, ca=self.both)
         )
-        server_reason, client_reason = yield gatherResults([server.lost, client.lost])
-        self.assert_tls_failure(server_reason)
-        self.assert_tls_failure(client_reason)
-        self.assertEqual((server.data, client.data), (b"", b""))
+        yield gatherResults([server.lost, client.lost])
+        self.assert_tls_failure(server)
+        self.assert_tls_failure(client)
         self.assertEqual(
             self.counted(),
             {tls_metrics.BAD_PEER_CERTIFICATE: 1, tls_metrics.CERTIFICATE_REFUSED_BY_PEER: 1},
@@ -263,10 +275,9 @@ class NodeToNodeTests(TlsLoopbackTestCase):
         server, client = yield self.connect_nodes(
             self.config("n2", self.other, ca=self.both), self.config("n1", self.main)
         )
-        server_reason, client_reason = yield gatherResults([server.lost, client.lost])
-        self.assert_tls_failure(server_reason)
-        self.assert_tls_failure(client_reason)
-        self.assertEqual((server.data, client.data), (b"", b""))
+        yield gatherResults([server.lost, client.lost])
+        self.assert_tls_failure(server)
+        self.assert_tls_failure(client)
         [client_event] = [e for e in self.events if e["side"] == "client"]
         self.assertEqual(client_event["reason"], tls_metrics.BAD_PEER_CERTIFICATE)
 
@@ -278,8 +289,8 @@ class NodeToNodeTests(TlsLoopbackTestCase):
         server, client = yield self.connect_nodes(
             self.config("n1", self.main), self.config("n9", self.main)
         )
-        server_reason, _ = yield gatherResults([server.lost, client.lost])
-        self.assert_tls_failure(server_reason)
+        yield gatherResults([server.lost, client.lost])
+        self.assert_tls_failure(server)
         [server_event] = [e for e in self.events if e["side"] == "server"]
         self.assertIn("certificate has expired", server_event["detail"])
 
@@ -298,8 +309,8 @@ class OpensslClientTests(TlsLoopbackTestCase):
         """
         Run C{openssl s_client} against a fresh n1 listener.
 
-        @return: a Deferred firing with the server's L{Peer}, the reason its
-            connection ended, and C{(exit code, stdout, stderr)}.
+        @return: a Deferred firing with the server's L{Peer} (once its
+            connection ended) and C{(exit code, stdout, stderr)}.
         """
         server_factory = PeerFactory(answer=b"pong\n")
         port = yield self.listen(self.config("n1", self.main), server_factory)
@@ -318,11 +329,16 @@ class OpensslClientTests(TlsLoopbackTestCase):
         ]
         reactor.spawnProcess(run, OPENSSL, argv, env={"PATH": os.environ.get("PATH", "")})
         server = yield server_factory.first
-        reason, result = yield gatherResults([server.lost, run.ended])
-        return server, reason, result
+        _, result = yield gatherResults([server.lost, run.ended])
+        return server, result
 
     def cert_arguments(self, directory: Path, node_id: str) -> tuple[str, ...]:
-        return ("-cert", str(directory / f"{node_id}.crt"), "-key", str(directory / f"{node_id}.key"))
+        return (
+            "-cert",
+            str(directory / f"{node_id}.crt"),
+            "-key",
+            str(directory / f"{node_id}.key"),
+        )
 
     @inlineCallbacks
     def test_valid_certificate(self) -> Any:
@@ -331,10 +347,11 @@ class OpensslClientTests(TlsLoopbackTestCase):
         node sees the client's names, s_client verifies the node against the
         CA and gets its answer.
         """
-        server, reason, (code, out, err) = yield self.s_client(*self.cert_arguments(self.main, "n2"))
+        server, (code, out, err) = yield self.s_client(*self.cert_arguments(self.main, "n2"))
         self.assertEqual(server.data, b"ping\n")
         self.assertEqual(server.names, {"n2", "localhost"})
-        self.assertFalse(reason.check(SSL.Error), reason)
+        assert server.reason is not None
+        self.assertFalse(server.reason.check(SSL.Error), server.reason)
         self.assertEqual(code, 0, err)
         self.assertIn("Verification: OK", err)
         self.assertIn("pong", out)
@@ -345,9 +362,8 @@ class OpensslClientTests(TlsLoopbackTestCase):
         """
         Without a client certificate the node refuses the handshake.
         """
-        server, reason, (code, _, err) = yield self.s_client()
-        self.assert_tls_failure(reason)
-        self.assertEqual(server.data, b"")
+        server, (code, _, err) = yield self.s_client()
+        self.assert_tls_failure(server)
         self.assertNotEqual(code, 0)
         self.assertIn("certificate required", err)
         self.assertEqual(self.counted(), {tls_metrics.NO_CERTIFICATE: 1})
@@ -358,9 +374,8 @@ class OpensslClientTests(TlsLoopbackTestCase):
         Without a client certificate over TLS 1.2, the refusal happens inside
         the handshake.
         """
-        server, reason, (code, _, _) = yield self.s_client("-tls1_2")
-        self.assert_tls_failure(reason)
-        self.assertEqual(server.data, b"")
+        server, (code, _, _) = yield self.s_client("-tls1_2")
+        self.assert_tls_failure(server)
         self.assertNotEqual(code, 0)
         self.assertEqual(self.counted(), {tls_metrics.NO_CERTIFICATE: 1})
 
@@ -369,9 +384,8 @@ class OpensslClientTests(TlsLoopbackTestCase):
         """
         A client certificate from another CA is refused.
         """
-        server, reason, (code, _, err) = yield self.s_client(*self.cert_arguments(self.other, "n2"))
-        self.assert_tls_failure(reason)
-        self.assertEqual(server.data, b"")
+        server, (code, _, err) = yield self.s_client(*self.cert_arguments(self.other, "n2"))
+        self.assert_tls_failure(server)
         self.assertNotEqual(code, 0)
         self.assertIn("unknown ca", err)
         self.assertEqual(self.counted(), {tls_metrics.BAD_PEER_CERTIFICATE: 1})
@@ -382,10 +396,10 @@ class OpensslClientTests(TlsLoopbackTestCase):
         A client that trusts another CA refuses the node's certificate; the
         node logs and counts that its certificate was refused.
         """
-        server, reason, (code, _, err) = yield self.s_client(
+        server, (code, _, err) = yield self.s_client(
             *self.cert_arguments(self.main, "n2"), ca=self.other / "ca.crt"
         )
-        self.assert_tls_failure(reason)
+        self.assert_tls_failure(server)
         self.assertNotEqual(code, 0)
         self.assertIn("certificate verify failed", err)
         self.assertEqual(self.counted(), {tls_metrics.CERTIFICATE_REFUSED_BY_PEER: 1})
@@ -395,10 +409,9 @@ class OpensslClientTests(TlsLoopbackTestCase):
         """
         TLS 1.1 is refused even with a valid certificate: 1.2 is the minimum.
         """
-        server, reason, (code, _, _) = yield self.s_client(
+        server, (code, _, _) = yield self.s_client(
             "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", *self.cert_arguments(self.main, "n2")
         )
-        self.assert_tls_failure(reason)
-        self.assertEqual(server.data, b"")
+        self.assert_tls_failure(server)
         self.assertNotEqual(code, 0)
         self.assertEqual(self.counted(), {tls_metrics.PROTOCOL: 1})
