@@ -5,6 +5,8 @@ The ``json`` serializer (the default): plain data, readable on the wire.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from twisted.plugin import IPlugin
@@ -14,7 +16,26 @@ from clustron.errors import SerializationError
 from clustron.interfaces import ISerializerPlugin
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_decoder = json.JSONDecoder()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} overflows a float")
+    return value
+
+
+# What dumps refuses, loads refuses too: no NaN or infinities (spelled out or
+# reached by overflow), so every decoded value can be encoded again.
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+# A \u escape of a UTF-16 surrogate: the decoded text may then hold a lone
+# surrogate, which UTF-8 (and so dumps) cannot carry.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @implementer(IPlugin, ISerializerPlugin)
@@ -38,15 +59,17 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> Any:
         """
-        @raise SerializationError: for anything that is not UTF-8 JSON.
+        @raise SerializationError: for anything that is not UTF-8 JSON, and
+            for what L{dumps} would refuse (NaN, infinities, lone surrogates).
         """
         try:
             text = bytes(data).decode("utf-8")
-            obj, end = _decoder.raw_decode(text)
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            obj = _decoder.decode(text)
+            if _SURROGATE_ESCAPE.search(text):
+                # Paired surrogates are fine; a lone one is not.
+                _encoder.encode(obj).encode("utf-8")
+        except (UnicodeError, ValueError, RecursionError) as e:
             raise SerializationError(f"malformed json: {e}") from None
-        if text[end:].strip():
-            raise SerializationError("malformed json: trailing data")
         return obj
 
 

@@ -13,6 +13,8 @@ from clustron.discovery.mdns import mdns_discovery
 from clustron.discovery.static import static_discovery
 from clustron.election.bully import bully_election
 from clustron.serializers.json import json_serializer
+from clustron.serializers.msgpack import msgpack_serializer
+from clustron.serializers.protobuf import protobuf_serializer
 from clustron.transport.sim import sim_transport
 from clustron.transport.tcp import tcp_transport
 from clustron.transport.tls import tls_transport
@@ -23,6 +25,8 @@ __all__ = [
     "dns_discovery",
     "etcd_discovery",
     "mdns_discovery",
+    "msgpack_serializer",
+    "protobuf_serializer",
     "json_serializer",
     "sim_transport",
     "static_discovery",
