@@ -69,4 +69,21 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802
     root = MultiService()
     node = ClusterNode(config)
     node.setServiceParent(root)
+    _reload_on_sighup(node)
     return root
+
+
+def _reload_on_sighup(node: Any) -> None:
+    """
+    Re-read the configuration file on SIGHUP (the reloadable keys apply at
+    once; see L{ClusterNode.reload_config}).
+    """
+    import signal
+
+    from twisted.internet import reactor
+
+    def reload(signum: int, frame: Any) -> None:
+        reactor.callFromThread(node.reload_config)
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, reload)
