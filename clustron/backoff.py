@@ -5,6 +5,7 @@ Capped exponential backoff with jitter, for every retry loop in Clustron
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Protocol
 
@@ -47,17 +48,18 @@ class Backoff:
         jitter: str = "full",
     ) -> None:
         """
-        @raise ValueError: unless C{0 < initial <= maximum}, C{factor >= 1}
-            and C{jitter} is C{"full"} or C{"equal"}.
+        @raise ValueError: unless C{0 < initial <= maximum} (finite),
+            C{factor >= 1} (finite) and C{jitter} is C{"full"} or C{"equal"}.
         """
         if not initial > 0:
             raise ValueError(f"initial delay must be greater than 0, got {initial!r}")
-        if not maximum >= initial:
+        if not (maximum >= initial and math.isfinite(maximum)):
             raise ValueError(
-                f"maximum delay must be at least the initial delay {initial!r}, got {maximum!r}"
+                "maximum delay must be a finite number at least the initial delay "
+                f"{initial!r}, got {maximum!r}"
             )
-        if not factor >= 1:
-            raise ValueError(f"factor must be at least 1, got {factor!r}")
+        if not (factor >= 1 and math.isfinite(factor)):
+            raise ValueError(f"factor must be a finite number at least 1, got {factor!r}")
         if jitter not in ("full", "equal"):
             raise ValueError(f"jitter must be 'full' or 'equal', got {jitter!r}")
         self.initial = float(initial)
@@ -73,7 +75,10 @@ class Backoff:
         """
         if self.attempts > 1000:
             return self.maximum
-        return min(self.maximum, self.initial * self.factor**self.attempts)
+        try:
+            return min(self.maximum, self.initial * self.factor**self.attempts)
+        except OverflowError:  # factor ** attempts beyond a float: long capped
+            return self.maximum
 
     def next_delay(self) -> float:
         """

@@ -927,7 +927,7 @@ class _Reader:
             reason = f"must be one of: {', '.join(choices)}, got {value!r}"
             self.error(path, reason + _did_you_mean(value, choices))
             return _BAD
-        if identifier and not _ID_RE.match(value):
+        if identifier and not _ID_RE.fullmatch(value):
             self.error(path, f"{_ID_RULE}, got {value!r}")
             return _BAD
         if not value and not allow_empty:

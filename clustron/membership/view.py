@@ -97,7 +97,7 @@ class Member:
         state = data.get("state")
         draining = data.get("draining", False)
         reason = data.get("reason", "")
-        if not isinstance(node_id, str) or not _ID.match(node_id):
+        if not isinstance(node_id, str) or not _ID.fullmatch(node_id):
             raise ProtocolViolation("malformed_view", f"bad member id {node_id!r}")
         if not isinstance(address, str) or len(address) > 300:
             raise ProtocolViolation("malformed_view", f"bad address for {node_id}")
@@ -205,7 +205,7 @@ class View:
         for name, value in (("epoch", epoch), ("seq", seq)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
                 raise ProtocolViolation("malformed_view", f"bad {name}")
-        if not isinstance(coordinator, str) or not _ID.match(coordinator):
+        if not isinstance(coordinator, str) or not _ID.fullmatch(coordinator):
             raise ProtocolViolation("malformed_view", "bad coordinator")
         if not isinstance(members, list) or len(members) > _MAX_MEMBERS:
             raise ProtocolViolation("malformed_view", "bad member list")

@@ -12,7 +12,7 @@ disagree on serializers can still tell each other why.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import attrs
 
@@ -48,8 +48,9 @@ class Hello:
     @ivar serializer: the name of the serializer its frames use.
     @ivar priority: its election priority.
     @ivar signing: its frame integrity mode (C{crc32}, C{hmac-sha256}, C{none}).
-    @ivar nonce: random hex drawn once per running node (so a node tells a
-        connection to itself from another node using the same id).
+    @ivar nonce: random hex drawn for each connection (it binds signatures
+        to the connection, and lets a node that dialled itself recognise its
+        own HELLO).
     """
 
     cluster_id: str
@@ -131,10 +132,17 @@ class Hello:
 
 
 def check_hello(
-    ours: Hello, theirs: Hello, known_serializers: frozenset[str] | set[str]
+    ours: Hello,
+    theirs: Hello,
+    known_serializers: frozenset[str] | set[str],
+    own_nonces: Collection[str] = (),
 ) -> tuple[str, str] | None:
     """
     Decide whether to accept a peer's HELLO.
+
+    @param own_nonces: the nonces this node sent in the HELLOs of its open
+        connections (besides C{ours.nonce}): a HELLO with our id and one of
+        them is our own.
 
     @return: None to accept, or C{(reason, detail)} to refuse.
     """
@@ -161,10 +169,9 @@ def check_hello(
             + ", ".join(sorted(known_serializers)),
         )
     if theirs.node_id == ours.node_id:
-        # The nonce is drawn once per running node: the same id with another
-        # nonce is another process, even when it started at the same moment
-        # (same incarnation).
-        if theirs.nonce == ours.nonce:
+        # Our id with a nonce we did not draw is another process, even when
+        # it started at the same moment (same incarnation).
+        if theirs.nonce == ours.nonce or theirs.nonce in own_nonces:
             return (SELF_CONNECTION, "connected to itself")
         return (
             DUPLICATE_NODE_ID,

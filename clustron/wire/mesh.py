@@ -290,6 +290,8 @@ class Mesh:
         d.addCallbacks(connected, failed)
 
     def _retry(self, dialer: _Dialer) -> None:
+        if dialer.pending is not None and dialer.pending.active():
+            return  # already scheduled: count one failure once
         if self._running and self._dialers.get(dialer.address) is dialer:
             self._dial_soon(dialer, dialer.backoff.next_delay())
 
@@ -332,7 +334,8 @@ class Mesh:
         """
         Check a peer's HELLO; log and count a refusal.
         """
-        refusal = check_hello(self.local_hello, hello, self._serializer_names)
+        own_nonces = {p.local_hello.nonce for p in self._protocols}
+        refusal = check_hello(self.local_hello, hello, self._serializer_names, own_nonces)
         if refusal is None and self._identity_check is not None:
             problem = self._identity_check(protocol.transport, hello.node_id)
             if problem is not None:
@@ -473,7 +476,9 @@ class Mesh:
                 )
                 self._awaiting[hello.node_id] = (hello, reason, call)
             else:
-                self._peer_lost(hello, reason)
+                # A peer that refused us after we took its HELLO is retried
+                # with backoff, not at once: it will most likely refuse again.
+                self._peer_lost(hello, reason, reconnect_now=protocol.rejection is None)
         if protocol.dial_address is not None and protocol.dial_address in self._dialers:
             dialer = self._dialers[protocol.dial_address]
             if not self._covered(dialer.address):
@@ -483,14 +488,17 @@ class Mesh:
         hello, reason, _ = self._awaiting.pop(node_id)
         self._peer_lost(hello, reason)
 
-    def _peer_lost(self, hello: Hello, reason: str) -> None:
+    def _peer_lost(self, hello: Hello, reason: str, reconnect_now: bool = True) -> None:
         log.info("lost connection to {peer_node}: {reason}", peer_node=hello.node_id, reason=reason)
         self.on_peer_down(hello, reason)
         address = self._address_of.get(hello.node_id)
         if address is not None and address in self._dialers and self._running:
             dialer = self._dialers[address]
-            dialer.backoff.reset()
-            self._dial_soon(dialer, 0.0)
+            if reconnect_now:
+                dialer.backoff.reset()
+                self._dial_soon(dialer, 0.0)
+            else:
+                self._retry(dialer)
 
     def _admit_inbound(self, host: str) -> bool:
         pending = self._pending_inbound.get(host, 0)

@@ -114,6 +114,7 @@ class PeerProtocol(Protocol):
         is the one kept for the pair.
     @ivar dial_address: for outgoing connections, the C{(host, port)} dialled.
     @ivar bye_reason: the reason the peer gave in its BYE, if it sent one.
+    @ivar rejection: the peer's REJECT, if it refused our HELLO.
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class PeerProtocol(Protocol):
         self.closed = False
         self.close_reason = "connection lost"
         self.bye_reason: str | None = None
+        self.rejection: Reject | None = None
         self._hello_sent = False
         self.local_hello: Hello = owner.local_hello
         self._handshake_integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
@@ -362,6 +364,7 @@ class PeerProtocol(Protocol):
         ).inc()
         if frame_type == framing.REJECT:
             reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
+            self.rejection = reject
             self.close_reason = f"rejected by peer: {reject.reason}: {reject.detail}"
             self.owner.rejected_by_peer(self, reject)
             self.closed = True
