@@ -31,7 +31,7 @@ from clustron.errors import (
 from clustron.membership.view import Member, View
 from clustron.node import ClusterNode
 
-__version__ = "0.1.0"
+from clustron._version import __version__
 
 __all__ = [
     "ClusterNode",

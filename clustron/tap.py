@@ -66,6 +66,13 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802
         log_format=options.get("log-format"),
         log_level=options.get("log-level"),
     )
+    from clustron.observability.tracing import configure_tracing
+
+    try:
+        configure_tracing(config.tracing)
+    except ConfigError as e:
+        sys.stderr.write(f"{options['config']}: {e.render()}\n")
+        raise SystemExit(2) from None
     root = MultiService()
     node = ClusterNode(config)
     node.setServiceParent(root)

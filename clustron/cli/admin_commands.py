@@ -76,7 +76,7 @@ def add_parser(subparsers: Any) -> None:
     elect.add_argument("--prefer", metavar="NODE", help="the node id to favour")
     remove = command("remove", "remove a member from the cluster (needs role admin)")
     remove.add_argument("node", metavar="NODE", help="the member's node id")
-    drain = command("drain", "drain a member: it stops coordinating and leaves")
+    drain = command("drain", "drain a member: it stays a member but is never elected (a coordinator hands over)")
     drain.add_argument("node", metavar="NODE", help="the member's node id")
     command("events", "follow membership and operations events, one line each")
     command("reload", "reload the node's configuration (needs role admin)")
@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"clustron: {e}", file=sys.stderr)
             raise SystemExit(1) from None
-        d = execute(args, client, sys.stdout, sys.stderr)
+        stopping: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
+        d = execute(args, client, sys.stdout, sys.stderr, stopping=stopping)
 
         def leave(code: int) -> None:
             if code:
@@ -144,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute(
-    args: argparse.Namespace, client: AdminClient, out: TextIO, err: TextIO
+    args: argparse.Namespace,
+    client: AdminClient,
+    out: TextIO,
+    err: TextIO,
+    stopping: list[bool] | None = None,
 ) -> Deferred[int]:
     """
     Perform one admin sub-command.
@@ -153,6 +159,8 @@ def execute(
     @param client: the client to use.
     @param out: where results go.
     @param err: where errors go.
+    @param stopping: non-empty once the process is shutting down (the end
+        of C{events} is then not an error).
     @return: a Deferred firing with the exit status; it never fails.
     """
     action: str = args.admin_action
@@ -201,6 +209,9 @@ def execute(
         raise ValueError(f"unknown admin action {action!r}; known: {', '.join(_ACTIONS)}")
 
     def failed(failure: Failure) -> int:
+        if stopping and action == "events":
+            # Ctrl-C or SIGTERM while following the stream: a normal end.
+            return 0
         err.write(f"clustron: {describe_failure(failure, client.base_url, action)}\n")
         return 1
 

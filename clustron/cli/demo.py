@@ -189,12 +189,13 @@ def run(args: argparse.Namespace) -> int:
         )
         print("press Ctrl-C to stop", flush=True)
         started = time.monotonic()
+        reported: set[int] = set()
         while not args.duration or time.monotonic() - started < args.duration:
             time.sleep(0.2)
             for index, process in enumerate(processes):
-                if process.poll() is not None:
+                if process.poll() is not None and index not in reported:
+                    reported.add(index)
                     print(f"node n{index + 1} exited with status {process.returncode}", flush=True)
-                    processes[index] = process
         return 0
     except KeyboardInterrupt:
         return 0

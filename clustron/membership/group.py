@@ -58,6 +58,7 @@ from clustron.membership.view import (
     parse_view_id,
 )
 from clustron.monitoring import detector as fd
+from clustron.observability import tracing
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import CONTROL, HEARTBEAT
 
@@ -173,7 +174,7 @@ class Membership:
         self._pending_alive: dict[str, int] = {}
         self._pending_leaves: set[str] = set()
         self._pending_removals: dict[str, str] = {}
-        self._pending_drains: dict[str, bool] = {}
+        self._pending_drains: dict[str, tuple[bool, str]] = {}
         self._departed_at: dict[str, float] = {}
         self._last_join_sent = -1e9
         self._last_merge_sent = -1e9
@@ -684,7 +685,14 @@ class Membership:
             votes=",".join(sorted(candidacy.granted)),
         )
         self._acting = True
-        self._install(view, present=len(candidacy.granted), merged_from=merged_from, why=candidacy.reason)
+        with tracing.span(
+            "clustron.election",
+            epoch=epoch,
+            votes=",".join(sorted(candidacy.granted)),
+            reason=candidacy.reason,
+            bootstrap=candidacy.bootstrap,
+        ):
+            self._install(view, present=len(candidacy.granted), merged_from=merged_from, why=candidacy.reason)
 
     # -- coordinator ------------------------------------------------------------------
 
@@ -739,8 +747,8 @@ class Membership:
                             reason=f"refuted suspicion with incarnation {incarnation}",
                         )
                 drain = self._pending_drains.pop(node_id, None)
-                if drain is not None and changed[node_id].draining != drain:
-                    changed[node_id] = attrs.evolve(changed[node_id], draining=drain)
+                if drain is not None and changed[node_id].draining != drain[0]:
+                    changed[node_id] = attrs.evolve(changed[node_id], draining=drain[0], reason=drain[1])
             elif now - self._departed_at.setdefault(node_id, now) > _REAP_FACTOR * self.config.failure_detector.dead_after:
                 del changed[node_id]
                 self._departed_at.pop(node_id, None)
@@ -748,8 +756,8 @@ class Membership:
                 dirty = True
         own = changed[self.node_id]
         drain = self._pending_drains.pop(self.node_id, None)
-        if drain is not None and own.draining != drain:
-            changed[self.node_id] = attrs.evolve(own, draining=drain)
+        if drain is not None and own.draining != drain[0]:
+            changed[self.node_id] = attrs.evolve(own, draining=drain[0], reason=drain[1])
             dirty = True
         for node_id, joiner in sorted(self._pending_joins.items()):
             current = changed.get(node_id)
@@ -795,6 +803,19 @@ class Membership:
                 self._send_control(node_id, {"k": "view", "view": view.to_dict()})
 
     def _install(self, view: View, present: int, why: str, merged_from: list[dict[str, Any]] | None = None) -> None:
+        with tracing.span(
+            "clustron.view_install",
+            epoch=view.epoch,
+            seq=view.seq,
+            members=len(view.active_members()),
+            reason=why,
+            merge=merged_from is not None,
+        ):
+            self._install_view(view, present, why, merged_from)
+
+    def _install_view(
+        self, view: View, present: int, why: str, merged_from: list[dict[str, Any]] | None
+    ) -> None:
         base = len(self.view.active_members()) if self.view is not None and self.joined else present
         self.metrics.views_installed.inc()
         self._trace(
@@ -1325,7 +1346,7 @@ class Membership:
             self._pending_removals[target] = f"removed by {by}"
             self._send_control(target, {"k": "view", "view": view.to_dict()})
         elif op == "drain":
-            self._pending_drains[target] = True
+            self._pending_drains[target] = (True, f"drained by {by}")
         else:
             return fail(ValueError(f"unknown admin operation {op!r}"))
         self._evaluate(self.clock.seconds())

@@ -36,6 +36,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from clustron.config import NodeConfig
 from clustron.errors import (
@@ -60,6 +62,7 @@ from clustron.messaging.fragments import Fragment, Fragmenter, Reassembler
 from clustron.messaging.ids import MessageId, MessageIdSource
 from clustron.messaging.message import Message, Position
 from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender
+from clustron.observability import tracing
 from clustron.observability.metrics import NodeMetrics
 
 log = Logger()
@@ -200,7 +203,15 @@ class Messenger:
         timeout = self.config.messaging.request_timeout if timeout is None else timeout
         msg_id = self._ids.next_id()
         correlation = str(msg_id)
+        span = tracing.tracer.start_span(
+            "clustron.request",
+            kind=SpanKind.CLIENT,
+            attributes={"clustron.topic": topic, "clustron.peer": to, "clustron.message_id": correlation},
+        )
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier, otel_trace.set_span_in_context(span))
         d: Deferred[Any] = Deferred(lambda _: self._forget_request(correlation))
+        d.addBoth(_end_span, span)
 
         def timed_out() -> None:
             entry = self._requests.pop(correlation, None)
@@ -215,6 +226,8 @@ class Messenger:
             self._later(self._dispatch_local, "m", msg_id, topic, body, correlation)
             return d
         envelope = {"k": "m", "t": topic, "b": body, "rq": True}
+        if carrier:
+            envelope["tc"] = carrier
 
         def send_failed(failure: Failure) -> None:
             entry = self._requests.pop(correlation, None)
@@ -251,13 +264,20 @@ class Messenger:
             return fail(e)
         msg_id = self._ids.next_id()
         self._notify("broadcast", id=str(msg_id), order=order, topic=topic)
+        carrier: dict[str, str] = {}
+        with tracing.span(
+            "clustron.broadcast", kind=SpanKind.PRODUCER, topic=topic, order=order, message_id=str(msg_id)
+        ):
+            tracing.inject(carrier)
         if order == "total":
             try:
                 self._check_size({"k": "tf", "t": topic, "b": body})
             except ClustronError as e:
                 return fail(e)
-            return self.total.broadcast(str(msg_id), topic, body)
+            return self.total.broadcast(str(msg_id), topic, body, carrier or None)
         envelope: dict[str, Any] = {"k": "b" if order == "fifo" else "c", "t": topic, "b": body}
+        if carrier:
+            envelope["tc"] = carrier
         if order == "causal":
             stamp = self._causal_out.stamp()
             envelope["vc"] = stamp.to_wire()
@@ -385,7 +405,7 @@ class Messenger:
         if kind not in ("m", "b"):
             raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
         correlation = str(msg_id) if envelope.get("rq") is True else None
-        self._handle(sender, msg_id, kind, topic, envelope.get("b"), correlation)
+        self._handle(sender, msg_id, kind, topic, envelope.get("b"), correlation, trace=envelope.get("tc"))
 
     def _dispatch_local(
         self, kind: str, msg_id: MessageId, topic: str, body: Any, correlation: str | None
@@ -403,14 +423,23 @@ class Messenger:
         if not arrival.taken:
             log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
         for sender, msg_id, envelope in arrival.deliver:
-            self._handle(sender, msg_id, "c", envelope["t"], envelope.get("b"), None)
+            self._handle(sender, msg_id, "c", envelope["t"], envelope.get("b"), None, trace=envelope.get("tc"))
 
     def _deliver_total(self, entry: total.Entry) -> None:
         try:
             msg_id = MessageId.parse(entry.id)
         except ValueError:
             raise ProtocolViolation("malformed_total", "bad message id") from None
-        self._handle(entry.origin, msg_id, "t", entry.topic, entry.body, None, Position(entry.epoch, entry.seq))
+        self._handle(
+            entry.origin,
+            msg_id,
+            "t",
+            entry.topic,
+            entry.body,
+            None,
+            Position(entry.epoch, entry.seq),
+            trace=entry.trace,
+        )
 
     def _handle(
         self,
@@ -421,10 +450,20 @@ class Messenger:
         body: Any,
         correlation: str | None,
         position: Position | None = None,
+        trace: Any = None,
     ) -> None:
         order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
         self._notify("deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position)
-        d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
+        with tracing.span(
+            "clustron.handle",
+            context=tracing.extract(trace) if trace is not None else None,
+            kind=SpanKind.SERVER if correlation is not None else SpanKind.CONSUMER,
+            topic=topic,
+            order=order,
+            sender=sender,
+            message_id=str(msg_id),
+        ):
+            d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
         if correlation is not None:
             d.addBoth(lambda result: self._reply(sender, correlation, result))
         else:
@@ -672,3 +711,14 @@ class Messenger:
         fields["time"] = self.clock.seconds()
         for observer in self.observers:
             observer(kind, fields)
+
+
+def _end_span(result: Any, span: Any) -> Any:
+    """
+    End a request's span with the outcome of its Deferred.
+    """
+    if isinstance(result, Failure):
+        span.record_exception(result.value)
+        span.set_status(Status(StatusCode.ERROR, type(result.value).__name__))
+    span.end()
+    return result

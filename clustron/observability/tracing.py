@@ -37,7 +37,7 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from twisted.logger import Logger
 
-from clustron import __version__
+from clustron._version import __version__
 from clustron.errors import ConfigError
 
 log = Logger()

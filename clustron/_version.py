@@ -1,0 +1,5 @@
+"""
+The version of Clustron.
+"""
+
+__version__ = "0.1.0"
