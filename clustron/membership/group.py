@@ -90,6 +90,8 @@ class PeerInfo:
     in_view: bool = False
     heard_at: float = 0.0
     heartbeat_at: float = -1.0
+    last_t: float | None = None
+    last_t_at: float = 0.0
     not_acting_since: float | None = None
 
 
@@ -1018,7 +1020,19 @@ class Membership:
         incarnation = body.get("i")
         if isinstance(incarnation, int) and not isinstance(incarnation, bool) and incarnation > info.incarnation:
             info.incarnation = incarnation
-        info.heard_at = info.heartbeat_at = self.clock.seconds()
+        now = info.heard_at = info.heartbeat_at = self.clock.seconds()
+        sent, echoed, held = body.get("t"), body.get("e"), body.get("h")
+        if isinstance(sent, (int, float)) and not isinstance(sent, bool):
+            info.last_t, info.last_t_at = float(sent), now
+        if (
+            isinstance(echoed, (int, float))
+            and isinstance(held, (int, float))
+            and not isinstance(echoed, bool)
+            and not isinstance(held, bool)
+        ):
+            rtt = now - echoed - held
+            if 0 <= rtt < 60:
+                self.metrics.heartbeat_rtt.observe(rtt)
         if info.view_id is not None and self.view is not None and info.view_id > self.view.id and (
             self.view.is_active_member(sender) or info.coordinator == self.view.coordinator
         ):
@@ -1452,10 +1466,25 @@ class Membership:
     def _send_heartbeats(self) -> None:
         body = self._heartbeat_body()
         for node_id in sorted(self._connected()):
-            self._send(node_id, HEARTBEAT, body, True)
+            self._send(node_id, HEARTBEAT, self._timed(body, node_id), True)
 
     def _send_heartbeat(self, node_id: str) -> None:
-        self._send(node_id, HEARTBEAT, self._heartbeat_body(), True)
+        self._send(node_id, HEARTBEAT, self._timed(self._heartbeat_body(), node_id), True)
+
+    def _timed(self, body: dict[str, Any], node_id: str) -> dict[str, Any]:
+        """
+        Add round-trip timing to a heartbeat: our send time, and the peer's
+        last send time echoed with how long we held it, so the peer measures
+        the round trip on its own clock.
+        """
+        now = self.clock.seconds()
+        timed = dict(body)
+        timed["t"] = now
+        info = self.peers.get(node_id)
+        if info is not None and info.last_t is not None:
+            timed["e"] = info.last_t
+            timed["h"] = now - info.last_t_at
+        return timed
 
     def _on_transition(self, transition: fd.Transition, now: float) -> None:
         log.info(

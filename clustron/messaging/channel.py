@@ -63,7 +63,7 @@ from clustron.messaging.ids import MessageId, MessageIdSource
 from clustron.messaging.message import Message, Position
 from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender
 from clustron.observability import tracing
-from clustron.observability.metrics import NodeMetrics
+from clustron.observability.metrics import NodeMetrics, sample
 
 log = Logger()
 
@@ -123,7 +123,9 @@ class Messenger:
             messaging.max_in_flight,
             messaging.max_in_flight,
         )
-        self._receiver = ReliableReceiver(clock, self._transmit, DedupWindow(messaging.dedup_window))
+        self._receiver = ReliableReceiver(
+            clock, self._transmit, DedupWindow(messaging.dedup_window)
+        )
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
@@ -148,6 +150,34 @@ class Messenger:
         #: callables taking (kind, fields).
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         self.total.observers.append(self._observe_total)
+        sample(
+            metrics,
+            "counter",
+            "clustron_retransmissions",
+            "Reliable messages sent again because no acknowledgement came in time.",
+            lambda: self._sender.retransmissions,
+        )
+        sample(
+            metrics,
+            "counter",
+            "clustron_duplicates_dropped",
+            "Messages received again and dropped by the duplicate filter.",
+            lambda: self._receiver.duplicates,
+        )
+        sample(
+            metrics,
+            "gauge",
+            "clustron_messages_in_flight",
+            "Reliable messages sent and not yet acknowledged, all peers.",
+            lambda: sum(self._sender.in_flight(m) + self._sender.pending(m) for m in self._members),
+        )
+        sample(
+            metrics,
+            "gauge",
+            "clustron_total_order_pending",
+            "Total-order broadcasts of this node not yet delivered.",
+            lambda: self.total.pending,
+        )
 
     # -- the application API ---------------------------------------------------
 
@@ -184,7 +214,9 @@ class Messenger:
         envelope = {"k": "m", "t": topic, "b": body}
         return self._send_envelope(to, msg_id, envelope, reliable)
 
-    def request(self, to: str, topic: str, body: Any, timeout: float | None = None) -> Deferred[Any]:
+    def request(
+        self, to: str, topic: str, body: Any, timeout: float | None = None
+    ) -> Deferred[Any]:
         """
         Send a request and wait for the reply.
 
@@ -206,7 +238,11 @@ class Messenger:
         span = tracing.tracer.start_span(
             "clustron.request",
             kind=SpanKind.CLIENT,
-            attributes={"clustron.topic": topic, "clustron.peer": to, "clustron.message_id": correlation},
+            attributes={
+                "clustron.topic": topic,
+                "clustron.peer": to,
+                "clustron.message_id": correlation,
+            },
         )
         carrier: dict[str, str] = {}
         tracing.inject(carrier, otel_trace.set_span_in_context(span))
@@ -266,7 +302,11 @@ class Messenger:
         self._notify("broadcast", id=str(msg_id), order=order, topic=topic)
         carrier: dict[str, str] = {}
         with tracing.span(
-            "clustron.broadcast", kind=SpanKind.PRODUCER, topic=topic, order=order, message_id=str(msg_id)
+            "clustron.broadcast",
+            kind=SpanKind.PRODUCER,
+            topic=topic,
+            order=order,
+            message_id=str(msg_id),
         ):
             tracing.inject(carrier)
         if order == "total":
@@ -281,7 +321,9 @@ class Messenger:
         if order == "causal":
             stamp = self._causal_out.stamp()
             envelope["vc"] = stamp.to_wire()
-            self._later(self._deliver_causal, self._causal_key, stamp, (self.node_id, msg_id, envelope))
+            self._later(
+                self._deliver_causal, self._causal_key, stamp, (self.node_id, msg_id, envelope)
+            )
         else:
             self._later(self._dispatch_local, "b", msg_id, topic, body, None)
         sends = [
@@ -397,15 +439,19 @@ class Messenger:
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
             raise ProtocolViolation("malformed_message", "bad topic")
-        self.metrics.messages_received.labels(kind if isinstance(kind, str) else "?").inc()
+        self.metrics.messages_received.labels(*_labels(kind)).inc()
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
-            self._deliver_causal(f"{sender}:{msg_id.incarnation}", stamp, (sender, msg_id, envelope))
+            self._deliver_causal(
+                f"{sender}:{msg_id.incarnation}", stamp, (sender, msg_id, envelope)
+            )
             return
         if kind not in ("m", "b"):
             raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
         correlation = str(msg_id) if envelope.get("rq") is True else None
-        self._handle(sender, msg_id, kind, topic, envelope.get("b"), correlation, trace=envelope.get("tc"))
+        self._handle(
+            sender, msg_id, kind, topic, envelope.get("b"), correlation, trace=envelope.get("tc")
+        )
 
     def _dispatch_local(
         self, kind: str, msg_id: MessageId, topic: str, body: Any, correlation: str | None
@@ -418,12 +464,22 @@ class Messenger:
             return
         self._handle(self.node_id, msg_id, kind, topic, body, None)
 
-    def _deliver_causal(self, key: str, stamp: VectorClock, payload: tuple[str, MessageId, dict[str, Any]]) -> None:
+    def _deliver_causal(
+        self, key: str, stamp: VectorClock, payload: tuple[str, MessageId, dict[str, Any]]
+    ) -> None:
         arrival = self._causal_in.receive(key, stamp, payload)
         if not arrival.taken:
             log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
         for sender, msg_id, envelope in arrival.deliver:
-            self._handle(sender, msg_id, "c", envelope["t"], envelope.get("b"), None, trace=envelope.get("tc"))
+            self._handle(
+                sender,
+                msg_id,
+                "c",
+                envelope["t"],
+                envelope.get("b"),
+                None,
+                trace=envelope.get("tc"),
+            )
 
     def _deliver_total(self, entry: total.Entry) -> None:
         try:
@@ -453,7 +509,9 @@ class Messenger:
         trace: Any = None,
     ) -> None:
         order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
-        self._notify("deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position)
+        self._notify(
+            "deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position
+        )
         with tracing.span(
             "clustron.handle",
             context=tracing.extract(trace) if trace is not None else None,
@@ -469,7 +527,10 @@ class Messenger:
         else:
             d.addErrback(
                 lambda failure: log.failure(
-                    "handler for {topic} failed on {msg_id}", failure, topic=topic, msg_id=str(msg_id)
+                    "handler for {topic} failed on {msg_id}",
+                    failure,
+                    topic=topic,
+                    msg_id=str(msg_id),
                 )
             )
 
@@ -487,7 +548,11 @@ class Messenger:
         if handler is None:
             if correlation is not None:
                 return fail(LookupError(f"no handler for topic {topic!r} on {self.node_id}"))
-            log.debug("no handler for topic {topic}; message {msg_id} dropped", topic=topic, msg_id=str(msg_id))
+            log.debug(
+                "no handler for topic {topic}; message {msg_id} dropped",
+                topic=topic,
+                msg_id=str(msg_id),
+            )
             return succeed(None)
         order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
         message = Message(
@@ -529,7 +594,13 @@ class Messenger:
         try:
             self._check_size(envelope)
         except MessageTooLarge as e:
-            envelope = {"k": "r", "c": correlation, "ok": False, "et": "MessageTooLarge", "em": str(e)}
+            envelope = {
+                "k": "r",
+                "c": correlation,
+                "ok": False,
+                "et": "MessageTooLarge",
+                "em": str(e),
+            }
         self._send_envelope(to, msg_id, envelope, True).addErrback(failed)
 
     def _on_response(self, sender: str, envelope: dict[str, Any]) -> None:
@@ -578,7 +649,7 @@ class Messenger:
         except ClustronError as e:
             return fail(e)
         kind = envelope.get("k")
-        self.metrics.messages_sent.labels(kind if isinstance(kind, str) else "?").inc()
+        self.metrics.messages_sent.labels(*_labels(kind)).inc()
         if not reliable:
             envelope["type"] = "u"
             try:
@@ -604,7 +675,9 @@ class Messenger:
         """
         if to == self.node_id:
             return
-        self._send_envelope(to, self._ids.next_id(), dict(envelope), True).addErrback(lambda _: None)
+        self._send_envelope(to, self._ids.next_id(), dict(envelope), True).addErrback(
+            lambda _: None
+        )
 
     def _transmit(self, to: str, envelope: dict[str, Any]) -> None:
         if envelope.get("type") in ("d", "u"):
@@ -722,3 +795,23 @@ def _end_span(result: Any, span: Any) -> Any:
         span.set_status(Status(StatusCode.ERROR, type(result.value).__name__))
     span.end()
     return result
+
+
+_KIND_LABELS = {
+    "m": ("message", "unicast"),
+    "b": ("message", "fifo"),
+    "c": ("message", "causal"),
+    "r": ("reply", "unicast"),
+    total.FORWARD: ("message", "total"),
+}
+
+
+def _labels(kind: Any) -> tuple[str, str]:
+    """
+    The C{kind} and C{order} metric labels of an envelope kind.
+    """
+    if kind in _KIND_LABELS:
+        return _KIND_LABELS[kind]
+    if kind == total.SEQUENCED:
+        return ("control", "total")
+    return ("control", "none")

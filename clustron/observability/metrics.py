@@ -9,7 +9,11 @@ metric name starts with ``clustron_``.
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class NodeMetrics:
@@ -106,15 +110,16 @@ class NodeMetrics:
         # Messaging.
         self.messages_sent = Counter(
             "clustron_messages_sent",
-            "Application and ordering messages sent, by kind (m unicast, r reply, b fifo "
-            "broadcast, c causal broadcast, t* total order).",
-            ["kind"],
+            "Messages sent to peers, by kind (message: application data; reply: a "
+            "response to a request; control: ordering protocol traffic) and order "
+            "(unicast, fifo, causal, total, none).",
+            ["kind", "order"],
             registry=r,
         )
         self.messages_received = Counter(
             "clustron_messages_received",
-            "Application messages received, by kind.",
-            ["kind"],
+            "Application messages received from peers, by kind and order.",
+            ["kind", "order"],
             registry=r,
         )
         self.request_latency = Histogram(
@@ -129,3 +134,37 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+
+
+class _Sampled(Collector):
+    """
+    Metrics whose values are read from the running code when scraped.
+    """
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[str, str, str, Callable[[], float]]] = []
+
+    def add(self, kind: str, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._samples.append((kind, name, documentation, read))
+
+    def collect(self) -> Iterator[Metric]:
+        for kind, name, documentation, read in self._samples:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, documentation, value=read())
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def sample(
+    metrics: NodeMetrics, kind: str, name: str, documentation: str, read: Callable[[], float]
+) -> None:
+    """
+    Export a value the code already counts (C{kind} C{"counter"} or
+    C{"gauge"}), read at scrape time.
+    """
+    sampled = getattr(metrics, "_sampled", None)
+    if sampled is None:
+        sampled = metrics._sampled = _Sampled()  # type: ignore[attr-defined]
+        metrics.registry.register(sampled)
+    sampled.add(kind, name, documentation, read)
