@@ -255,9 +255,10 @@ class ClusterNode(MultiService):
         """
         return self.messenger.send(to, topic, body, reliable)
 
-    def request(self, to: str, topic: str, body: Any, timeout: float = 5.0) -> Deferred[Any]:
+    def request(self, to: str, topic: str, body: Any, timeout: float | None = None) -> Deferred[Any]:
         """
-        Request/response: fires with the reply body, or fails with
+        Request/response (C{timeout} defaults to C{messaging.request_timeout},
+        5 s unless configured): fires with the reply body, or fails with
         L{clustron.errors.RequestTimeout}, L{clustron.errors.RemoteError} or
         L{clustron.errors.UnknownMember}.
         """

@@ -5,7 +5,7 @@ A frame on the wire::
 
     +----------+-------+-------+-------+-------+------------+------+---------+---------+
     | length   | magic | major | minor | flags | serializer | type | payload | trailer |
-    | u32 (BE) | "CX"  | u8    | u8    | u8    | u8         | u8   | ...     | 0/4/40  |
+    | u32 (BE) | "CX"  | u8    | u8    | u8    | u8         | u8   | ...     | 0/4/44  |
     +----------+-------+-------+-------+-------+------------+------+---------+---------+
 
 ``length`` counts every byte after itself. The trailer is chosen by the

@@ -1,0 +1,3 @@
+"""
+ACME's Clustron plugins (an example of a third-party plugin package).
+"""
