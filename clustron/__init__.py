@@ -14,6 +14,7 @@ The names below are the public API; everything else may change between
 releases.
 """
 
+from clustron._version import __version__
 from clustron.config import NodeConfig
 from clustron.errors import (
     ClustronError,
@@ -30,8 +31,6 @@ from clustron.errors import (
 )
 from clustron.membership.view import Member, View
 from clustron.node import ClusterNode
-
-from clustron._version import __version__
 
 __all__ = [
     "ClusterNode",

@@ -4,7 +4,7 @@ Exception types raised by Clustron.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class ClustronError(Exception):
@@ -46,9 +46,7 @@ class MissingPlugin(ClustronError):
         self.requested = requested
         self.installed = sorted(installed)
         names = ", ".join(self.installed) or "(none)"
-        super().__init__(
-            f"no {kind} plugin named {requested!r} is installed; installed: {names}"
-        )
+        super().__init__(f"no {kind} plugin named {requested!r} is installed; installed: {names}")
 
 
 class SerializationError(ClustronError):

@@ -10,11 +10,12 @@ given.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -167,7 +168,8 @@ class ClusterNode(MultiService):
         Listen, start discovery and membership, then child services (admin).
         """
         log.info(
-            "starting node {node_id} of cluster {cluster_id} at {address} (incarnation {incarnation})",
+            "starting node {node_id} of cluster {cluster_id} at {address} "
+            "(incarnation {incarnation})",
             node_id=self.config.node_id,
             cluster_id=self.config.cluster_id,
             address=format_address(self.config.advertise_address),
@@ -255,7 +257,9 @@ class ClusterNode(MultiService):
         """
         return self.messenger.send(to, topic, body, reliable)
 
-    def request(self, to: str, topic: str, body: Any, timeout: float | None = None) -> Deferred[Any]:
+    def request(
+        self, to: str, topic: str, body: Any, timeout: float | None = None
+    ) -> Deferred[Any]:
         """
         Request/response (C{timeout} defaults to C{messaging.request_timeout},
         5 s unless configured): fires with the reply body, or fails with
@@ -311,12 +315,20 @@ class ClusterNode(MultiService):
         """
         path = self.config.source_path
         if not path:
-            return {"applied": [], "ignored": [], "errors": ["this node was not started from a file"]}
+            return {
+                "applied": [],
+                "ignored": [],
+                "errors": ["this node was not started from a file"],
+            }
         try:
             new = NodeConfig.from_file(path)
         except ConfigError as e:
             log.warn("configuration reload refused: {errors}", errors=e.render())
-            return {"applied": [], "ignored": [], "errors": [f"{k}: {r}" if k else r for k, r in e.errors]}
+            return {
+                "applied": [],
+                "ignored": [],
+                "errors": [f"{k}: {r}" if k else r for k, r in e.errors],
+            }
         plan = diff_for_reload(self.config, new)
         old = self.config
         applied = attrs.evolve(

@@ -31,7 +31,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path of the node's YAML or JSON configuration file (required)."],
         ["log-format", None, None, "Log output: text or json (overrides logging.format)."],
-        ["log-level", None, None, "Lowest level logged: debug, info, warn, error (overrides logging.level)."],
+        [
+            "log-level",
+            None,
+            None,
+            "Lowest level logged: debug, info, warn, error (overrides logging.level).",
+        ],
     ]
 
     def postOptions(self) -> None:  # noqa: N802

@@ -335,7 +335,9 @@ class AdminOperationTests(SynchronousTestCase):
         results: list[Any] = []
         cluster.nodes["n1"].force_election("n2").addBoth(results.append)
         self.assertTrue(
-            cluster.run_until(lambda: all(cluster.coordinator_seen_by(n) == "n2" for n in cluster.node_ids), 3.0)
+            cluster.run_until(
+                lambda: all(cluster.coordinator_seen_by(n) == "n2" for n in cluster.node_ids), 3.0
+            )
         )
         self.assertEqual(results[0]["expected"], "n2")
         self.assertTrue(cluster.run_until(cluster.converged, 2.0))
@@ -345,7 +347,9 @@ class AdminOperationTests(SynchronousTestCase):
         cluster, checker = self.formed()
         cluster.nodes["n5"].drain_member("n5")
         self.assertTrue(
-            cluster.run_until(lambda: all(cluster.coordinator_seen_by(n) == "n4" for n in cluster.node_ids), 3.0)
+            cluster.run_until(
+                lambda: all(cluster.coordinator_seen_by(n) == "n4" for n in cluster.node_ids), 3.0
+            )
         )
         view = cluster.nodes["n1"].view
         assert view is not None
@@ -391,7 +395,5 @@ class AdminOperationTests(SynchronousTestCase):
         done: list[Any] = []
         cluster.nodes["n5"].leave().addBoth(done.append)
         self.assertTrue(cluster.run_until(lambda: bool(done), 4.0))
-        self.assertTrue(
-            cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n4", 3.0)
-        )
+        self.assertTrue(cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n4", 3.0))
         checker.assert_ok()

@@ -22,7 +22,9 @@ from clustron.testkit.checkers import MembershipChecker, MessagingChecker
 from clustron.testkit.cluster import SimCluster
 
 
-def formed(size: int = 3, seed: int = 1, **kwargs: Any) -> tuple[SimCluster, MessagingChecker, MembershipChecker]:
+def formed(
+    size: int = 3, seed: int = 1, **kwargs: Any
+) -> tuple[SimCluster, MessagingChecker, MembershipChecker]:
     cluster = SimCluster(size, seed=seed, **kwargs)
     messages = MessagingChecker()
     membership = MembershipChecker()
@@ -42,7 +44,9 @@ def collect(cluster: SimCluster, topic: str = "t") -> dict[str, list[Any]]:
     return received
 
 
-def lossy(cluster: SimCluster, loss: float = 0.0, duplicate: float = 0.0, reorder: bool = False) -> None:
+def lossy(
+    cluster: SimCluster, loss: float = 0.0, duplicate: float = 0.0, reorder: bool = False
+) -> None:
     for a in cluster.node_ids:
         for b in cluster.node_ids:
             if a != b:
@@ -197,9 +201,14 @@ class CausalTests(SynchronousTestCase):
         received = collect(cluster)
         # Every node answers each question it receives with a causal reply.
         for node_id, node in cluster.nodes.items():
+
             def answer(message: Any, node: Any = node, node_id: str = node_id) -> None:
                 received[node_id].append(message)
-                if isinstance(message.body, str) and message.body.startswith("q") and message.sender != node_id:
+                if (
+                    isinstance(message.body, str)
+                    and message.body.startswith("q")
+                    and message.sender != node_id
+                ):
                     node.broadcast("t", f"re:{message.body}:{node_id}", order="causal")
 
             node.on_message("t", answer)
@@ -248,7 +257,9 @@ class TotalOrderTests(SynchronousTestCase):
         done: list[Any] = []
         for i in range(40):
             for node_id in ("n1", "n2", "n3"):
-                cluster.nodes[node_id].broadcast("t", f"{node_id}-{i}", order="total").addBoth(done.append)
+                cluster.nodes[node_id].broadcast("t", f"{node_id}-{i}", order="total").addBoth(
+                    done.append
+                )
             cluster.run(0.005)
             if i == 20:
                 cluster.crash("n5")
@@ -257,7 +268,10 @@ class TotalOrderTests(SynchronousTestCase):
         sequences = {n: [m.body for m in received[n]] for n in survivors}
         for node_id in survivors:
             self.assertEqual(sequences[node_id], sequences["n1"])
-        self.assertEqual(sorted(sequences["n1"]), sorted(f"{n}-{i}" for n in ("n1", "n2", "n3") for i in range(40)))
+        self.assertEqual(
+            sorted(sequences["n1"]),
+            sorted(f"{n}-{i}" for n in ("n1", "n2", "n3") for i in range(40)),
+        )
         self.assertEqual(done, [None] * 120)
         positions = [(m.position.epoch, m.position.seq) for m in received["n1"]]
         self.assertEqual(positions, sorted(positions))
@@ -301,7 +315,9 @@ class SizeAndBackPressureTests(SynchronousTestCase):
         received = collect(cluster)
         suspicions: list[Any] = []
         for node in cluster.live():
-            node.subscribe(lambda e: suspicions.append(e) if e["type"] == "member_suspected" else None)
+            node.subscribe(
+                lambda e: suspicions.append(e) if e["type"] == "member_suspected" else None
+            )
         body = "x" * 5_000_000
         done: list[Any] = []
         cluster.nodes["n1"].send("n2", "t", body).addBoth(done.append)

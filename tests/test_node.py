@@ -54,7 +54,13 @@ class NodeTests(SynchronousTestCase):
     def test_health(self) -> None:
         self.assertEqual(
             self.node.health(),
-            {"status": "ok", "node_id": "n1", "joined": True, "has_quorum": True, "peers_connected": 2},
+            {
+                "status": "ok",
+                "node_id": "n1",
+                "joined": True,
+                "has_quorum": True,
+                "peers_connected": 2,
+            },
         )
 
     def test_health_degraded_without_quorum(self) -> None:

@@ -23,8 +23,9 @@ plain = st.recursive(
     | st.integers(min_value=-(2**53), max_value=2**53)
     | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -45,7 +46,9 @@ class SerializerTests(SynchronousTestCase):
             self.assertEqual(serializer.loads(serializer.dumps(value)), value)
 
     def test_msgpack_carries_bytes(self) -> None:
-        self.assertEqual(msgpack_serializer.loads(msgpack_serializer.dumps(b"\x00\xff")), b"\x00\xff")
+        self.assertEqual(
+            msgpack_serializer.loads(msgpack_serializer.dumps(b"\x00\xff")), b"\x00\xff"
+        )
 
     def test_protobuf_refuses_what_it_cannot_carry(self) -> None:
         for value in (b"bytes", 2**60, float("nan"), {1: "x"}, object()):

@@ -20,7 +20,9 @@ K1 = b"a-very-secret-key-of-32-bytes!!!"
 K2 = b"another-secret-key-0123456789abc"
 
 
-def pair(keys_a: list[bytes], keys_b: list[bytes], session: bytes = b"s") -> tuple[HmacSha256, FrameDecoder]:
+def pair(
+    keys_a: list[bytes], keys_b: list[bytes], session: bytes = b"s"
+) -> tuple[HmacSha256, FrameDecoder]:
     sender = HmacSha256(keys_a, session)
     decoder = FrameDecoder(1 << 20, HmacSha256(keys_b, session))
     return sender, decoder

@@ -76,7 +76,9 @@ def add_parser(subparsers: Any) -> None:
     elect.add_argument("--prefer", metavar="NODE", help="the node id to favour")
     remove = command("remove", "remove a member from the cluster (needs role admin)")
     remove.add_argument("node", metavar="NODE", help="the member's node id")
-    drain = command("drain", "drain a member: it stays a member but is never elected (a coordinator hands over)")
+    drain = command(
+        "drain", "drain a member: it stays a member but is never elected (a coordinator hands over)"
+    )
     drain.add_argument("node", metavar="NODE", help="the member's node id")
     command("events", "follow membership and operations events, one line each")
     command("reload", "reload the node's configuration (needs role admin)")

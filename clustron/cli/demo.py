@@ -38,16 +38,23 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="start a local cluster of real nodes with the dashboard",
-        description="Start a local cluster of twistd nodes on 127.0.0.1 and print the dashboard URL.",
+        description=(
+            "Start a local cluster of twistd nodes on 127.0.0.1 and print the dashboard URL."
+        ),
     )
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument(
         "--base-port", type=int, default=0, help="first cluster port (default: pick free ports)"
     )
     parser.add_argument(
-        "--duration", type=float, default=0.0, help="stop after this many seconds (default: until Ctrl-C)"
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: until Ctrl-C)",
     )
-    parser.add_argument("--dir", default=None, help="directory for configs and logs (default: a temp dir)")
+    parser.add_argument(
+        "--dir", default=None, help="directory for configs and logs (default: a temp dir)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -149,7 +156,16 @@ def run(args: argparse.Namespace) -> int:
             log = open(os.path.join(directory, f"{node_id}.log"), "wb")
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "clustron", "--config", path],
+                    [
+                        sys.executable,
+                        "-c",
+                        TWISTD,
+                        "-n",
+                        "--pidfile=",
+                        "clustron",
+                        "--config",
+                        path,
+                    ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=directory,
@@ -175,18 +191,21 @@ def run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
         if formed is None:
-            print("the nodes did not form one cluster within 20 s; see the logs in " + directory, file=sys.stderr)
+            print(
+                "the nodes did not form one cluster within 20 s; see the logs in " + directory,
+                file=sys.stderr,
+            )
             return 1
         print(
             f"cluster 'demo' formed: {count} nodes, coordinator {formed['coordinator']}, "
             f"view {formed['epoch']}.{formed['seq']}"
         )
         for i, port in enumerate(admin_ports):
-            print(f"  n{i + 1}: dashboard http://127.0.0.1:{port}/  admin http://127.0.0.1:{port}/v1/cluster")
+            print(
+                f"  n{i + 1}: dashboard http://127.0.0.1:{port}/  admin http://127.0.0.1:{port}/v1/cluster"
+            )
         print(f"token: {token}")
-        print(
-            f"try:   clustron status --admin http://127.0.0.1:{admin_ports[0]} --token {token}"
-        )
+        print(f"try:   clustron status --admin http://127.0.0.1:{admin_ports[0]} --token {token}")
         print("press Ctrl-C to stop", flush=True)
         started = time.monotonic()
         reported: set[int] = set()

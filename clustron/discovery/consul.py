@@ -187,8 +187,9 @@ class ConsulDiscovery(ReportsStatus):
         self.service_id = f"{settings.service}-{node_config.cluster_id}-{node_config.node_id}"
         self.check_id = f"service:{self.service_id}"
         self._status = SourceStatus("consul", on_change)
-        self._register_backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
-        self._query_backoff = Backoff(settings.retry_initial, settings.retry_max, rng, jitter="equal")
+        retry = (settings.retry_initial, settings.retry_max)
+        self._register_backoff = Backoff(*retry, rng, jitter="equal")
+        self._query_backoff = Backoff(*retry, rng, jitter="equal")
         self._running = False
         self._registered = False
         self._index = 0

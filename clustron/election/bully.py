@@ -10,7 +10,8 @@ says who I{should} coordinate, never who I{does}.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer

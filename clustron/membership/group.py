@@ -30,7 +30,8 @@ How it keeps its promises (DESIGN section 4):
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -142,7 +143,8 @@ class Membership:
         self.config = config
         self.node_id = config.node_id
         self.priority = config.priority
-        self.address = "%s:%d" % config.advertise_address
+        host, port = config.advertise_address
+        self.address = f"{host}:{port}"
         self.strategy = strategy
         self._send = send
         self._connected = connected
@@ -156,7 +158,11 @@ class Membership:
         )
         fdc = config.failure_detector
         self.detector = fd.FailureDetector(
-            self.node_id, fdc.heartbeat_interval, fdc.suspect_after, fdc.dead_after, fdc.probe_timeout
+            self.node_id,
+            fdc.heartbeat_interval,
+            fdc.suspect_after,
+            fdc.dead_after,
+            fdc.probe_timeout,
         )
         self.view: View | None = None
         self.max_epoch = 0
@@ -270,9 +276,18 @@ class Membership:
         """
         The C{quorum} part of C{GET /v1/cluster}.
         """
-        base = len(self.view.active_members()) if self.view else self.config.membership.bootstrap_expect
-        present = len(self.reachable_members()) if self.view else 1 + sum(
-            1 for p in self.peers.values() if not p.in_view and p.node_id in self._connected()
+        base = (
+            len(self.view.active_members())
+            if self.view
+            else self.config.membership.bootstrap_expect
+        )
+        present = (
+            len(self.reachable_members())
+            if self.view
+            else 1
+            + sum(
+                1 for p in self.peers.values() if not p.in_view and p.node_id in self._connected()
+            )
         )
         required = self.quorum.required(base)
         return {
@@ -396,7 +411,9 @@ class Membership:
         assert self.view is not None
         if self.is_coordinator:
             others = [
-                m for m in self.view.active_members() if m.node_id != self.node_id and not m.draining
+                m
+                for m in self.view.active_members()
+                if m.node_id != self.node_id and not m.draining
             ]
             if not others:
                 self._install_departure()
@@ -433,7 +450,10 @@ class Membership:
 
     def _evaluate(self, now: float) -> None:
         self._check_won(now)
-        if self._candidacy is not None and now - self._candidacy.started_at > self.config.membership.join_timeout:
+        if (
+            self._candidacy is not None
+            and now - self._candidacy.started_at > self.config.membership.join_timeout
+        ):
             log.info(
                 "election for epoch {epoch} got {votes}/{required} votes; giving up for now",
                 epoch=self._candidacy.epoch,
@@ -489,7 +509,9 @@ class Membership:
             return
         # Nobody we can see is in a view: form a new cluster, carefully.
         waiting = [
-            p for p in self.peers.values() if p.node_id in connected and not p.in_view and p.heard_at
+            p
+            for p in self.peers.values()
+            if p.node_id in connected and not p.in_view and p.heard_at
         ]
         expect = self.config.membership.bootstrap_expect
         if len(waiting) + 1 < expect:
@@ -511,8 +533,10 @@ class Membership:
                 1 + position
             ):
                 return
-        required = self.quorum.required(expect) if self.quorum.mode != "static" else min(
-            self.quorum.size, expect
+        required = (
+            self.quorum.required(expect)
+            if self.quorum.mode != "static"
+            else min(self.quorum.size, expect)
         )
         self._stand(
             now,
@@ -531,7 +555,10 @@ class Membership:
             return f"coordinator {coordinator} stepped down"
         if coordinator == self.node_id:
             return None
-        if self.max_epoch > self.view.epoch and now - self._view_accepted_at > 2 * self.config.membership.join_timeout:
+        if (
+            self.max_epoch > self.view.epoch
+            and now - self._view_accepted_at > 2 * self.config.membership.join_timeout
+        ):
             return f"epoch {self.max_epoch} was voted for but no coordinator of it appeared"
         state = self.detector.state(coordinator)
         if state == fd.DEAD:
@@ -591,13 +618,17 @@ class Membership:
             reason=failure if position == 0 else f"{failure}; higher-ranked members silent",
         )
 
-    def _stand(self, now: float, voters: set[str], required: int, bootstrap: bool, reason: str) -> None:
+    def _stand(
+        self, now: float, voters: set[str], required: int, bootstrap: bool, reason: str
+    ) -> None:
         """
         Stand for coordinator. Outside bootstrap this starts with a pre-vote
         (asking whether the voters I{would} vote, without bumping any epoch),
         so a node cut off from the cluster cannot disrupt it when it returns.
         """
-        candidacy = _Candidacy(self.max_epoch + 1, voters, {self.node_id}, required, now, bootstrap, reason)
+        candidacy = _Candidacy(
+            self.max_epoch + 1, voters, {self.node_id}, required, now, bootstrap, reason
+        )
         candidacy.pre = not bootstrap
         self._candidacy = candidacy
         if candidacy.pre:
@@ -658,12 +689,30 @@ class Membership:
         epoch = candidacy.epoch
         connected = self._connected()
         if candidacy.bootstrap:
-            members = [Member(self.node_id, self.address, self.incarnation, self.priority, ALIVE, False, "formed the cluster")]
+            members = [
+                Member(
+                    self.node_id,
+                    self.address,
+                    self.incarnation,
+                    self.priority,
+                    ALIVE,
+                    False,
+                    "formed the cluster",
+                )
+            ]
             for node_id in sorted(candidacy.granted - {self.node_id}):
                 info = self.peers.get(node_id)
                 if info is not None:
                     members.append(
-                        Member(node_id, info.address, info.incarnation, info.priority, ALIVE, False, "formed the cluster")
+                        Member(
+                            node_id,
+                            info.address,
+                            info.incarnation,
+                            info.priority,
+                            ALIVE,
+                            False,
+                            "formed the cluster",
+                        )
                     )
             merged_from = None
         else:
@@ -671,16 +720,31 @@ class Membership:
             members = []
             for m in self.view.members:
                 if m.node_id == self.node_id:
-                    m = attrs.evolve(m, state=ALIVE, incarnation=self.incarnation, reason=m.reason if m.state == ALIVE else "refuted")
+                    m = attrs.evolve(
+                        m,
+                        state=ALIVE,
+                        incarnation=self.incarnation,
+                        reason=m.reason if m.state == ALIVE else "refuted",
+                    )
                 elif m.active and m.node_id not in candidacy.granted:
                     state = self.detector.state(m.node_id)
-                    if state == fd.DEAD or (m.node_id == self.view.coordinator and m.node_id not in connected and state != fd.ALIVE):
-                        m = attrs.evolve(m, state=DEAD, reason=self.detector.reason(m.node_id) or "unreachable during election")
+                    if state == fd.DEAD or (
+                        m.node_id == self.view.coordinator
+                        and m.node_id not in connected
+                        and state != fd.ALIVE
+                    ):
+                        m = attrs.evolve(
+                            m,
+                            state=DEAD,
+                            reason=self.detector.reason(m.node_id) or "unreachable during election",
+                        )
                         self._departed_at[m.node_id] = now
                 members.append(m)
             merged_from = None
         view = View(epoch, 0, self.node_id, tuple(sorted(members, key=lambda m: m.node_id)))
-        self._trace("elected", epoch=epoch, votes=sorted(candidacy.granted), required=candidacy.required)
+        self._trace(
+            "elected", epoch=epoch, votes=sorted(candidacy.granted), required=candidacy.required
+        )
         log.info(
             "elected coordinator of epoch {epoch} with votes of {votes}",
             epoch=epoch,
@@ -694,7 +758,9 @@ class Membership:
             reason=candidacy.reason,
             bootstrap=candidacy.bootstrap,
         ):
-            self._install(view, present=len(candidacy.granted), merged_from=merged_from, why=candidacy.reason)
+            self._install(
+                view, present=len(candidacy.granted), merged_from=merged_from, why=candidacy.reason
+            )
 
     # -- coordinator ------------------------------------------------------------------
 
@@ -726,18 +792,28 @@ class Membership:
             if member.active:
                 opinion = self.detector.state(node_id)
                 if node_id in self._pending_removals:
-                    changed[node_id] = attrs.evolve(member, state=DEAD, reason=self._pending_removals.pop(node_id))
+                    changed[node_id] = attrs.evolve(
+                        member, state=DEAD, reason=self._pending_removals.pop(node_id)
+                    )
                     self._departed_at[node_id] = now
                 elif node_id in self._pending_leaves:
-                    changed[node_id] = attrs.evolve(member, state=LEAVING, reason="left the cluster")
+                    changed[node_id] = attrs.evolve(
+                        member, state=LEAVING, reason="left the cluster"
+                    )
                     self._departed_at[node_id] = now
                 elif opinion == fd.DEAD:
-                    changed[node_id] = attrs.evolve(member, state=DEAD, reason=self.detector.reason(node_id))
+                    changed[node_id] = attrs.evolve(
+                        member, state=DEAD, reason=self.detector.reason(node_id)
+                    )
                     self._departed_at[node_id] = now
                 elif opinion == fd.SUSPECT and member.state == ALIVE:
-                    changed[node_id] = attrs.evolve(member, state=SUSPECT, reason=self.detector.reason(node_id))
+                    changed[node_id] = attrs.evolve(
+                        member, state=SUSPECT, reason=self.detector.reason(node_id)
+                    )
                 elif opinion == fd.ALIVE and member.state == SUSPECT:
-                    changed[node_id] = attrs.evolve(member, state=ALIVE, reason=self.detector.reason(node_id) or "heard again")
+                    changed[node_id] = attrs.evolve(
+                        member, state=ALIVE, reason=self.detector.reason(node_id) or "heard again"
+                    )
                 incarnation = self._pending_alive.pop(node_id, None)
                 if incarnation is not None and incarnation > member.incarnation:
                     current = changed[node_id]
@@ -750,8 +826,13 @@ class Membership:
                         )
                 drain = self._pending_drains.pop(node_id, None)
                 if drain is not None and changed[node_id].draining != drain[0]:
-                    changed[node_id] = attrs.evolve(changed[node_id], draining=drain[0], reason=drain[1])
-            elif now - self._departed_at.setdefault(node_id, now) > _REAP_FACTOR * self.config.failure_detector.dead_after:
+                    changed[node_id] = attrs.evolve(
+                        changed[node_id], draining=drain[0], reason=drain[1]
+                    )
+            elif (
+                now - self._departed_at.setdefault(node_id, now)
+                > _REAP_FACTOR * self.config.failure_detector.dead_after
+            ):
                 del changed[node_id]
                 self._departed_at.pop(node_id, None)
             if changed.get(node_id) != member:
@@ -782,7 +863,12 @@ class Membership:
         self._pending_drains.clear()
         self._pending_alive.clear()
         if dirty:
-            new = View(view.epoch, view.seq + 1, self.node_id, tuple(sorted(changed.values(), key=lambda m: m.node_id)))
+            new = View(
+                view.epoch,
+                view.seq + 1,
+                self.node_id,
+                tuple(sorted(changed.values(), key=lambda m: m.node_id)),
+            )
             self._install(new, present=present, why="; ".join(reasons) or "member states changed")
             if changed[self.node_id].draining:
                 self._abdicate(None)
@@ -800,11 +886,17 @@ class Membership:
             if info is None or node_id not in self._connected():
                 continue
             behind = info.view_id is None or info.view_id < view.id
-            if behind and now - self._view_resent.get(node_id, -1e9) >= self.config.failure_detector.suspect_after:
+            if (
+                behind
+                and now - self._view_resent.get(node_id, -1e9)
+                >= self.config.failure_detector.suspect_after
+            ):
                 self._view_resent[node_id] = now
                 self._send_control(node_id, {"k": "view", "view": view.to_dict()})
 
-    def _install(self, view: View, present: int, why: str, merged_from: list[dict[str, Any]] | None = None) -> None:
+    def _install(
+        self, view: View, present: int, why: str, merged_from: list[dict[str, Any]] | None = None
+    ) -> None:
         with tracing.span(
             "clustron.view_install",
             epoch=view.epoch,
@@ -846,7 +938,9 @@ class Membership:
         log.info("stepping down as coordinator (preferred successor: {prefer})", prefer=prefer)
         for node_id in self.view.active_ids():
             if node_id != self.node_id:
-                self._send_control(node_id, {"k": "abdicate", "epoch": self.view.epoch, "prefer": prefer})
+                self._send_control(
+                    node_id, {"k": "abdicate", "epoch": self.view.epoch, "prefer": prefer}
+                )
         self._soon()
 
     def _abdicated(self) -> bool:
@@ -860,13 +954,20 @@ class Membership:
         assert self.view is not None
         me = self.view.member(self.node_id)
         assert me is not None
-        members = [m if m.node_id != self.node_id else attrs.evolve(m, state=LEAVING, reason="left the cluster") for m in self.view.members]
+        members = [
+            m
+            if m.node_id != self.node_id
+            else attrs.evolve(m, state=LEAVING, reason="left the cluster")
+            for m in self.view.members
+        ]
         view = View(self.view.epoch, self.view.seq + 1, self.node_id, tuple(members))
         self._install(view, present=1, why="coordinator left")
 
     # -- merge ------------------------------------------------------------------------
 
-    def _precedence(self, acting: bool, view_id: ViewId | None, coordinator: str | None) -> tuple[Any, ...]:
+    def _precedence(
+        self, acting: bool, view_id: ViewId | None, coordinator: str | None
+    ) -> tuple[Any, ...]:
         info = self.peers.get(coordinator) if coordinator else None
         priority = self.priority if coordinator == self.node_id else (info.priority if info else 0)
         return (acting, view_id or (0, 0), priority, coordinator or "")
@@ -876,14 +977,20 @@ class Membership:
         if view is None or now - self._last_merge_sent < self.config.membership.merge_interval:
             return
         connected = self._connected()
-        own_acting = self.acting if self.is_coordinator else bool(
-            (info := self.peers.get(view.coordinator)) and info.acting
+        own_acting = (
+            self.acting
+            if self.is_coordinator
+            else bool((info := self.peers.get(view.coordinator)) and info.acting)
         )
         mine = self._precedence(own_acting, view.id, view.coordinator)
         for info in sorted(self.peers.values(), key=lambda p: p.node_id):
             if info.node_id not in connected or not info.in_view or info.coordinator is None:
                 continue
-            if info.coordinator == view.coordinator or view.is_active_member(info.node_id) and info.view_id == view.id:
+            if (
+                info.coordinator == view.coordinator
+                or view.is_active_member(info.node_id)
+                and info.view_id == view.id
+            ):
                 continue
             theirs = self._precedence(info.acting, info.view_id, info.coordinator)
             if theirs <= mine:
@@ -905,7 +1012,12 @@ class Membership:
             elif not own_acting:
                 self._send_control(
                     target,
-                    {"k": "join", "incarnation": self.incarnation, "address": self.address, "priority": self.priority},
+                    {
+                        "k": "join",
+                        "incarnation": self.incarnation,
+                        "address": self.address,
+                        "priority": self.priority,
+                    },
                 )
             return
 
@@ -921,12 +1033,16 @@ class Membership:
             return
         me = view.member(self.node_id)
         if me is None or not me.active:
-            if old is not None and self.joined and (
-                view.coordinator == old.coordinator or view.epoch > old.epoch
+            if (
+                old is not None
+                and self.joined
+                and (view.coordinator == old.coordinator or view.epoch > old.epoch)
             ):
                 self._left_view(view, me)
             return
-        if me.incarnation > self.incarnation or (not self.joined and me.incarnation != self.incarnation):
+        if me.incarnation > self.incarnation or (
+            not self.joined and me.incarnation != self.incarnation
+        ):
             # A view that lists another life of this node (before a restart,
             # or before it was dropped and rejoined): not ours to accept; the
             # join that is under way will bring one that lists this life.
@@ -942,7 +1058,9 @@ class Membership:
         if self._abdication is not None and self._abdication[0] < view.epoch:
             self._abdication = None
         now = self.clock.seconds()
-        self.detector.watch([m.node_id for m in view.active_members() if m.node_id != self.node_id], now)
+        self.detector.watch(
+            [m.node_id for m in view.active_members() if m.node_id != self.node_id], now
+        )
         self._set_view_addresses(
             {_split(m.address) for m in view.members if m.node_id != self.node_id and m.active}
         )
@@ -976,7 +1094,14 @@ class Membership:
         self._acting = False
         self.max_epoch = max(self.max_epoch, view.epoch)
         self.detector.watch([], self.clock.seconds())
-        self._emit({"type": "left_cluster", "node_id": self.node_id, "reason": reason, "view": list(view.id)})
+        self._emit(
+            {
+                "type": "left_cluster",
+                "node_id": self.node_id,
+                "reason": reason,
+                "view": list(view.id),
+            }
+        )
         self._notify_change()
         if self._leaving is not None:
             leaving, self._leaving = self._leaving, None
@@ -987,12 +1112,16 @@ class Membership:
             return
         if me is not None and reason.startswith("removed by"):
             self._removed_by_operator = True
-            log.warn("this node was removed from the cluster: {reason}; it stays out until restarted", reason=reason)
+            log.warn(
+                "this node was removed from the cluster: {reason}; it stays out until restarted",
+                reason=reason,
+            )
             return
         self.incarnation = max(self.incarnation + 1, (me.incarnation + 1) if me else 0)
         self._set_incarnation(self.incarnation)
         log.warn(
-            "this node was dropped from view {view} ({reason}); rejoining with incarnation {incarnation}",
+            "this node was dropped from view {view} ({reason}); "
+            "rejoining with incarnation {incarnation}",
             view=list(view.id),
             reason=reason,
             incarnation=self.incarnation,
@@ -1018,7 +1147,11 @@ class Membership:
             info.not_acting_since = self.clock.seconds()
         info.in_view = body.get("j") is True and info.view_id is not None
         incarnation = body.get("i")
-        if isinstance(incarnation, int) and not isinstance(incarnation, bool) and incarnation > info.incarnation:
+        if (
+            isinstance(incarnation, int)
+            and not isinstance(incarnation, bool)
+            and incarnation > info.incarnation
+        ):
             info.incarnation = incarnation
         now = info.heard_at = info.heartbeat_at = self.clock.seconds()
         sent, echoed, held = body.get("t"), body.get("e"), body.get("h")
@@ -1033,8 +1166,11 @@ class Membership:
             rtt = now - echoed - held
             if 0 <= rtt < 60:
                 self.metrics.heartbeat_rtt.observe(rtt)
-        if info.view_id is not None and self.view is not None and info.view_id > self.view.id and (
-            self.view.is_active_member(sender) or info.coordinator == self.view.coordinator
+        if (
+            info.view_id is not None
+            and self.view is not None
+            and info.view_id > self.view.id
+            and (self.view.is_active_member(sender) or info.coordinator == self.view.coordinator)
         ):
             self._send_control(sender, {"k": "view_req"})
 
@@ -1042,8 +1178,21 @@ class Membership:
         incarnation = body.get("incarnation")
         address = body.get("address")
         priority = body.get("priority", 0)
-        if not isinstance(incarnation, int) or not isinstance(address, str) or not isinstance(priority, int):
-            raise ProtocolViolation("malformed", "bad join")
+        try:
+            # The joiner's fields go into views: hold them to the same rules
+            # as a view's members, or every member would refuse the view.
+            joiner = Member.from_dict(
+                {
+                    "node_id": sender,
+                    "address": address,
+                    "incarnation": incarnation,
+                    "priority": priority,
+                    "state": ALIVE,
+                    "reason": "joined",
+                }
+            )
+        except ProtocolViolation as e:
+            raise ProtocolViolation("malformed", f"bad join: {e.detail}") from None
         if not self.is_coordinator or self._abdicated():
             return
         if not self._acting:
@@ -1054,11 +1203,15 @@ class Membership:
         if current is not None and current.active and current.incarnation == incarnation:
             self._send_control(sender, {"k": "view", "view": self.view.to_dict()})
             return
-        self._pending_joins[sender] = Member(sender, address, incarnation, priority, ALIVE, False, "joined")
+        self._pending_joins[sender] = joiner
         self._soon()
 
     def _on_join_refused(self, sender: str, body: dict[str, Any]) -> None:
-        log.info("join refused by {sender}: {reason}", sender=sender, reason=str(body.get("reason"))[:200])
+        log.info(
+            "join refused by {sender}: {reason}",
+            sender=sender,
+            reason=str(body.get("reason"))[:200],
+        )
 
     def _on_view(self, sender: str, body: dict[str, Any]) -> None:
         view = View.from_dict(body.get("view"))
@@ -1089,7 +1242,9 @@ class Membership:
         else:
             if deny.startswith("stale"):
                 self.metrics.stale_epoch_refused.inc()
-            self._send_control(sender, {"k": "vote", "epoch": epoch, "granted": False, "reason": deny})
+            self._send_control(
+                sender, {"k": "vote", "epoch": epoch, "granted": False, "reason": deny}
+            )
 
     def _on_prevote_req(self, sender: str, body: dict[str, Any]) -> None:
         epoch = body.get("epoch")
@@ -1109,7 +1264,9 @@ class Membership:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
 
-    def _vote_denial(self, candidate: str, epoch: int, body: dict[str, Any], bootstrap: bool) -> str | None:
+    def _vote_denial(
+        self, candidate: str, epoch: int, body: dict[str, Any], bootstrap: bool
+    ) -> str | None:
         if epoch < self.max_epoch:
             return f"stale epoch {epoch} (seen {self.max_epoch})"
         voted = self._votes.get(epoch)
@@ -1157,7 +1314,10 @@ class Membership:
                         member.node_id not in (candidate, coordinator)
                         and not member.draining
                         and self.strategy.rank(member) > self.strategy.rank(candidate_member)
-                        and (member.node_id == self.node_id or self.detector.state(member.node_id) == fd.ALIVE)
+                        and (
+                            member.node_id == self.node_id
+                            or self.detector.state(member.node_id) == fd.ALIVE
+                        )
                     ):
                         return f"higher-ranked {member.node_id} is alive"
         return None
@@ -1165,7 +1325,12 @@ class Membership:
     def _on_vote(self, sender: str, body: dict[str, Any]) -> None:
         candidacy = self._candidacy
         epoch = body.get("epoch")
-        if candidacy is None or candidacy.pre or epoch != candidacy.epoch or sender not in candidacy.voters:
+        if (
+            candidacy is None
+            or candidacy.pre
+            or epoch != candidacy.epoch
+            or sender not in candidacy.voters
+        ):
             return
         candidacy.answered.add(sender)
         if body.get("granted") is True:
@@ -1205,7 +1370,9 @@ class Membership:
             current = members.get(m.node_id)
             if current is None or not current.active or m.incarnation > current.incarnation:
                 members[m.node_id] = attrs.evolve(
-                    m, state=ALIVE, reason=f"merged from view {other.epoch}.{other.seq} of {other.coordinator}"
+                    m,
+                    state=ALIVE,
+                    reason=f"merged from view {other.epoch}.{other.seq} of {other.coordinator}",
                 )
                 self._departed_at.pop(m.node_id, None)
         if other.epoch < view.epoch:
@@ -1213,7 +1380,9 @@ class Membership:
         else:
             epoch, seq = max(self.max_epoch, other.epoch) + 1, 0
             self.max_epoch = epoch
-        merged = View(epoch, seq, self.node_id, tuple(sorted(members.values(), key=lambda m: m.node_id)))
+        merged = View(
+            epoch, seq, self.node_id, tuple(sorted(members.values(), key=lambda m: m.node_id))
+        )
         log.info(
             "merging view {other} of {sender} into {mine} as {merged}",
             other=list(other.id),
@@ -1235,14 +1404,18 @@ class Membership:
             self._send_control(target, {"k": "probe", "nonce": nonce, "origin": sender})
 
     def _on_probe(self, sender: str, body: dict[str, Any]) -> None:
-        self._send_control(sender, {"k": "probe_ack", "nonce": body.get("nonce"), "origin": body.get("origin")})
+        self._send_control(
+            sender, {"k": "probe_ack", "nonce": body.get("nonce"), "origin": body.get("origin")}
+        )
 
     def _on_probe_ack(self, sender: str, body: dict[str, Any]) -> None:
         origin = body.get("origin")
         target = body.get("target")
         if isinstance(origin, str) and origin != self.node_id and target is None:
             # We probed for `origin`: relay the answer.
-            self._send_control(origin, {"k": "probe_ack", "nonce": body.get("nonce"), "target": sender})
+            self._send_control(
+                origin, {"k": "probe_ack", "nonce": body.get("nonce"), "target": sender}
+            )
         elif isinstance(target, str):
             self.detector.heard(target, self.clock.seconds(), via=sender)
 
@@ -1254,12 +1427,20 @@ class Membership:
 
         def reply(result: Any) -> None:
             if isinstance(result, dict):
-                self._send_control(sender, {"k": "admin_result", "id": request_id, "ok": True, "result": result})
+                self._send_control(
+                    sender, {"k": "admin_result", "id": request_id, "ok": True, "result": result}
+                )
             else:
                 error = result.value
                 self._send_control(
                     sender,
-                    {"k": "admin_result", "id": request_id, "ok": False, "error": type(error).__name__, "message": str(error)[:300]},
+                    {
+                        "k": "admin_result",
+                        "id": request_id,
+                        "ok": False,
+                        "error": type(error).__name__,
+                        "message": str(error)[:300],
+                    },
                 )
 
         d.addBoth(reply)
@@ -1275,7 +1456,12 @@ class Membership:
             result = body.get("result")
             d.callback(result if isinstance(result, dict) else {})
         else:
-            errors = {"NoQuorum": NoQuorum, "UnknownMember": UnknownMember, "NotJoined": NotJoined, "ValueError": ValueError}
+            errors = {
+                "NoQuorum": NoQuorum,
+                "UnknownMember": UnknownMember,
+                "NotJoined": NotJoined,
+                "ValueError": ValueError,
+            }
             error_type = errors.get(str(body.get("error")), ClustronError)
             d.errback(error_type(str(body.get("message"))))
 
@@ -1324,7 +1510,9 @@ class Membership:
         coordinator = self.view.coordinator
         timer = self.clock.callLater(self.config.membership.join_timeout * 2, timed_out)
         self._admin_requests[request_id] = (d, timer)
-        self._send_control(coordinator, {"k": "admin", "id": request_id, "op": op, "target": target, "by": by})
+        self._send_control(
+            coordinator, {"k": "admin", "id": request_id, "op": op, "target": target, "by": by}
+        )
         return d
 
     def _admin_local(self, op: str, target: Any, by: str) -> Deferred[dict[str, Any]]:
@@ -1347,7 +1535,9 @@ class Membership:
             eligible = [m for m in view.active_members() if not m.draining]
             successor = target or self.strategy.choose(eligible)
             self._abdicate(successor)
-            return succeed({"action": "election", "epoch": view.epoch, "prefer": target, "expected": successor})
+            return succeed(
+                {"action": "election", "epoch": view.epoch, "prefer": target, "expected": successor}
+            )
         if target is None:
             return fail(ValueError(f"{op} needs a node id"))
         member = view.member(target)
@@ -1369,10 +1559,19 @@ class Membership:
 
     # -- events ---------------------------------------------------------------------------
 
-    def _emit_view_events(self, old: View | None, new: View, merged_from: list[dict[str, Any]] | None) -> None:
+    def _emit_view_events(
+        self, old: View | None, new: View, merged_from: list[dict[str, Any]] | None
+    ) -> None:
         view_id = list(new.id)
         if old is None:
-            self._emit({"type": "joined", "node_id": self.node_id, "view": view_id, "reason": "this node joined"})
+            self._emit(
+                {
+                    "type": "joined",
+                    "node_id": self.node_id,
+                    "view": view_id,
+                    "reason": "this node joined",
+                }
+            )
         if old is None or old.coordinator != new.coordinator or old.epoch != new.epoch:
             self._emit(
                 {
@@ -1393,7 +1592,9 @@ class Membership:
                 kind = {
                     SUSPECT: "member_suspected",
                     ALIVE: "member_alive",
-                    DEAD: "member_removed" if member.reason.startswith("removed by") else "member_died",
+                    DEAD: "member_removed"
+                    if member.reason.startswith("removed by")
+                    else "member_died",
                     LEAVING: "member_left",
                 }.get(member.state)
             elif prior.draining != member.draining:
@@ -1401,13 +1602,41 @@ class Membership:
             elif prior.incarnation != member.incarnation:
                 kind = "member_restarted" if member.reason.startswith("restarted") else None
             if kind:
-                self._emit({"type": kind, "node_id": member.node_id, "view": view_id, "reason": member.reason})
+                self._emit(
+                    {
+                        "type": kind,
+                        "node_id": member.node_id,
+                        "view": view_id,
+                        "reason": member.reason,
+                    }
+                )
         for node_id, prior in before.items():
             if new.member(node_id) is None:
-                self._emit({"type": "member_reaped", "node_id": node_id, "view": view_id, "reason": prior.reason})
+                self._emit(
+                    {
+                        "type": "member_reaped",
+                        "node_id": node_id,
+                        "view": view_id,
+                        "reason": prior.reason,
+                    }
+                )
         if merged_from:
-            self._emit({"type": "merged", "view": view_id, "merged_from": merged_from, "reason": "partition healed"})
-        self._emit({"type": "view_changed", "view": view_id, "coordinator": new.coordinator, "members": [m.node_id for m in new.active_members()]})
+            self._emit(
+                {
+                    "type": "merged",
+                    "view": view_id,
+                    "merged_from": merged_from,
+                    "reason": "partition healed",
+                }
+            )
+        self._emit(
+            {
+                "type": "view_changed",
+                "view": view_id,
+                "coordinator": new.coordinator,
+                "members": [m.node_id for m in new.active_members()],
+            }
+        )
 
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("time", self.clock.seconds())
@@ -1433,7 +1662,10 @@ class Membership:
                 {
                     "type": "quorum_regained" if has else "quorum_lost",
                     "node_id": self.node_id,
-                    "reason": f"{status['present'] if status else 0} of {status['required'] if status else 0} needed",
+                    "reason": (
+                        f"{status['present'] if status else 0} of "
+                        f"{status['required'] if status else 0} needed"
+                    ),
                 }
             )
         self._last_quorum = has
@@ -1497,7 +1729,13 @@ class Membership:
         if transition.new == fd.SUSPECT and transition.old == fd.ALIVE:
             self.metrics.suspicions.inc()
             self._probe_indirectly(transition.node_id)
-        self._trace("opinion", target=transition.node_id, old=transition.old, new=transition.new, reason=transition.reason)
+        self._trace(
+            "opinion",
+            target=transition.node_id,
+            old=transition.old,
+            new=transition.new,
+            reason=transition.reason,
+        )
 
     def _probe_indirectly(self, target: str) -> None:
         if self.view is None:
@@ -1534,7 +1772,11 @@ class Membership:
             return
         current = set()
         if self.view is not None:
-            current = {_split(m.address) for m in self.view.members if m.node_id != self.node_id and m.active}
+            current = {
+                _split(m.address)
+                for m in self.view.members
+                if m.node_id != self.node_id and m.active
+            }
         self._set_view_addresses(current | {parsed})
 
 

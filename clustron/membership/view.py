@@ -10,7 +10,8 @@ member set everywhere.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -34,6 +35,21 @@ _MAX_MEMBERS = 4096
 _MAX_REASON = 512
 
 ViewId = tuple[int, int]
+
+
+def is_address(text: str) -> bool:
+    """
+    Whether C{text} is a C{"host:port"} address (at most 300 characters, the
+    port a decimal number from 1 to 65535), as members are dialled at.
+    """
+    host, sep, port = text.rpartition(":")
+    return (
+        len(text) <= 300
+        and bool(sep and host)
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+    )
 
 
 @attrs.frozen
@@ -99,7 +115,7 @@ class Member:
         reason = data.get("reason", "")
         if not isinstance(node_id, str) or not _ID.fullmatch(node_id):
             raise ProtocolViolation("malformed_view", f"bad member id {node_id!r}")
-        if not isinstance(address, str) or len(address) > 300:
+        if not isinstance(address, str) or not is_address(address):
             raise ProtocolViolation("malformed_view", f"bad address for {node_id}")
         for name, value in (("incarnation", incarnation), ("priority", priority)):
             if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 2**63:

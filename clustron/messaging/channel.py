@@ -17,7 +17,8 @@ Envelopes (the body of a MESSAGE frame):
     {"type": "d", "id": ID, "f": [incarnation, stream, seq, first], "k": KIND, ...}
     {"type": "u", "id": ID, "k": KIND, ...}          unreliable
     {"type": "ack", "ids": [ID, ...]}
-    {"type": "frag", "id": ..., "index": ..., "count": ..., "total": ..., "data": base64, "s": SERIALIZER}
+    {"type": "frag", "id": ..., "index": ..., "count": ..., "total": ...,
+     "data": base64, "s": SERIALIZER}
 
 Kinds: C{m} (unicast send or request), C{r} (response), C{b} (FIFO
 broadcast), C{c} (causal broadcast), and the total-order kinds of
@@ -30,14 +31,15 @@ import base64
 import binascii
 import collections
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from clustron.config import NodeConfig
 from clustron.errors import (
@@ -61,9 +63,10 @@ from clustron.messaging.fifo import FifoReceiver, FifoSender, FifoStamp
 from clustron.messaging.fragments import Fragment, Fragmenter, Reassembler
 from clustron.messaging.ids import MessageId, MessageIdSource
 from clustron.messaging.message import Message, Position
-from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender
+from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender, parse_id
 from clustron.observability import tracing
 from clustron.observability.metrics import NodeMetrics, sample
+from clustron.wire.protocol import Encoded
 
 log = Logger()
 
@@ -71,6 +74,7 @@ ORDERS = ("fifo", "causal", "total")
 _MAX_REQUESTS = 65536
 _MAX_TOPIC = 256
 _MAX_BULK_FRAMES_PER_PEER = 4096
+_MAX_ACK_BATCH = 256
 
 Handler = Callable[[Message], Any]
 
@@ -123,9 +127,17 @@ class Messenger:
             messaging.max_in_flight,
             messaging.max_in_flight,
         )
+        # Acknowledgements of one reactor turn go out together, in one frame
+        # per peer, right after it.
         self._receiver = ReliableReceiver(
-            clock, self._transmit, DedupWindow(messaging.dedup_window)
+            clock,
+            self._transmit,
+            DedupWindow(messaging.dedup_window),
+            max_ack_batch=_MAX_ACK_BATCH,
+            coalesce=True,
         )
+        self._sent_counters: dict[tuple[str, str], Any] = {}
+        self._received_counters: dict[tuple[str, str], Any] = {}
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
@@ -429,8 +441,9 @@ class Messenger:
 
     def _dispatch(self, sender: str, msg_id: MessageId, envelope: dict[str, Any]) -> None:
         kind = envelope.get("k")
+        if not isinstance(kind, str):
+            raise ProtocolViolation("malformed_message", "envelope kind is not a string")
         if kind in total.KINDS:
-            assert isinstance(kind, str)
             self.total.received(sender, kind, envelope)
             return
         if kind == "r":
@@ -439,7 +452,7 @@ class Messenger:
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
             raise ProtocolViolation("malformed_message", "bad topic")
-        self.metrics.messages_received.labels(*_labels(kind)).inc()
+        _counter(self._received_counters, self.metrics.messages_received, kind).inc()
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
             self._deliver_causal(
@@ -583,6 +596,18 @@ class Messenger:
             return
         msg_id = self._ids.next_id()
 
+        def unsendable(failure: Failure) -> Deferred[None]:
+            # The reply itself cannot travel: tell the requester why.
+            failure.trap(MessageTooLarge, SerializationError)
+            error = {
+                "k": "r",
+                "c": correlation,
+                "ok": False,
+                "et": failure.type.__name__,
+                "em": failure.getErrorMessage()[:1000],
+            }
+            return self._send_envelope(to, self._ids.next_id(), error, True)
+
         def failed(failure: Failure) -> None:
             log.info(
                 "could not send the reply to {peer} for {correlation}: {why}",
@@ -591,17 +616,8 @@ class Messenger:
                 why=failure.getErrorMessage(),
             )
 
-        try:
-            self._check_size(envelope)
-        except MessageTooLarge as e:
-            envelope = {
-                "k": "r",
-                "c": correlation,
-                "ok": False,
-                "et": "MessageTooLarge",
-                "em": str(e),
-            }
-        self._send_envelope(to, msg_id, envelope, True).addErrback(failed)
+        d = self._send_envelope(to, msg_id, envelope, True)
+        d.addErrback(unsendable).addErrback(failed)
 
     def _on_response(self, sender: str, envelope: dict[str, Any]) -> None:
         correlation = envelope.get("c")
@@ -644,23 +660,26 @@ class Messenger:
         self, to: str, msg_id: MessageId, envelope: dict[str, Any], reliable: bool
     ) -> Deferred[None]:
         envelope["id"] = str(msg_id)
-        try:
-            self._check_size(envelope)
-        except ClustronError as e:
-            return fail(e)
         kind = envelope.get("k")
-        self.metrics.messages_sent.labels(*_labels(kind)).inc()
         if not reliable:
             envelope["type"] = "u"
             try:
-                self._transmit(to, envelope)
+                wire = self._encode(envelope)
+                _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
+                self._transmit(to, wire)
             except ClustronError as e:
                 return fail(e)
             return succeed(None)
         stamp = self._fifo_out.stamp(to)
         envelope["type"] = "d"
         envelope["f"] = [stamp.incarnation, stamp.stream_id, stamp.seq, stamp.first]
-        d = self._sender.submit(to, envelope)
+        try:
+            wire = self._encode(envelope)
+        except ClustronError as e:
+            self._fifo_out.settle(to, stamp)
+            return fail(e)
+        _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
+        d = self._sender.submit(to, wire)
 
         def settle(result: Any, stamp: FifoStamp = stamp) -> Any:
             self._fifo_out.settle(to, stamp)
@@ -679,13 +698,34 @@ class Messenger:
             lambda _: None
         )
 
+    def _encode(self, envelope: dict[str, Any]) -> _EncodedEnvelope:
+        """
+        Serialize a data envelope once, for all its transmissions.
+
+        @raise MessageTooLarge: when it exceeds C{messaging.max_message_bytes}.
+        @raise SerializationError: when the serializer cannot encode it.
+        """
+        payload = self._serializer.dumps(envelope)
+        limit = self.config.messaging.max_message_bytes
+        if len(payload) > limit:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds messaging.max_message_bytes={limit}"
+            )
+        wire = _EncodedEnvelope(envelope)
+        wire.payload = payload
+        return wire
+
     def _transmit(self, to: str, envelope: dict[str, Any]) -> None:
-        if envelope.get("type") in ("d", "u"):
-            payload = self._serializer.dumps(envelope)
-            if len(payload) > self.config.messaging.fragment_bytes:
-                self._queue_fragments(to, str(envelope["id"]), payload)
+        payload = getattr(envelope, "payload", None)
+        if payload is None:
+            if envelope.get("type") not in ("d", "u"):
+                self._transmit_frame(to, envelope)  # an acknowledgement
                 return
-        self._transmit_frame(to, envelope)
+            payload = self._serializer.dumps(envelope)
+        if len(payload) > self.config.messaging.fragment_bytes:
+            self._queue_fragments(to, str(envelope["id"]), payload)
+            return
+        self._transmit_frame(to, Encoded(payload, self._serializer.wire_id))
 
     def _queue_fragments(self, to: str, msg_id: str, payload: bytes) -> None:
         queue = self._bulk.setdefault(to, collections.deque())
@@ -759,7 +799,7 @@ class Messenger:
 
     def _parse_id(self, envelope: dict[str, Any]) -> MessageId:
         try:
-            return MessageId.parse(envelope.get("id"))
+            return parse_id(envelope.get("id"))
         except ValueError as e:
             raise ProtocolViolation("bad_message_id", str(e)) from None
 
@@ -804,6 +844,27 @@ _KIND_LABELS = {
     "r": ("reply", "unicast"),
     total.FORWARD: ("message", "total"),
 }
+
+
+class _EncodedEnvelope(dict):  # type: ignore[type-arg]
+    """
+    A data envelope with its serialized form (C{payload}), so that the
+    first transmission and every retransmission reuse it.
+    """
+
+    __slots__ = ("payload",)
+
+
+def _counter(cache: dict[tuple[str, str], Any], family: Any, kind: Any) -> Any:
+    """
+    The child of a messages metric family for an envelope kind, looked up
+    once per label pair (C{labels()} costs more than the count).
+    """
+    labels = _labels(kind)
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = family.labels(*labels)
+    return child
 
 
 def _labels(kind: Any) -> tuple[str, str]:

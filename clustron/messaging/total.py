@@ -27,7 +27,8 @@ quorum.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -213,7 +214,9 @@ class TotalOrder:
         """
         self._reforward()
 
-    def view_changed(self, coordinator: str, epoch: int, members: Iterable[str], acting: bool) -> None:
+    def view_changed(
+        self, coordinator: str, epoch: int, members: Iterable[str], acting: bool
+    ) -> None:
         """
         The view (or this node's quorum) changed.
 
@@ -474,14 +477,20 @@ class TotalOrder:
         if entry.position <= self.last:
             return
         if len(self._buffer) >= self._max_pending * 2:
-            log.warn("total-order reorder buffer full; dropping {position}", position=list(entry.position))
+            log.warn(
+                "total-order reorder buffer full; dropping {position}",
+                position=list(entry.position),
+            )
             return
         self._buffer[entry.position] = entry
         self._drain_buffer()
 
     def _drain_buffer(self) -> None:
         while self._open_epoch is not None:
-            following = (self._open_epoch, self.last[1] + 1 if self.last[0] == self._open_epoch else 1)
+            following = (
+                self._open_epoch,
+                self.last[1] + 1 if self.last[0] == self._open_epoch else 1,
+            )
             entry = self._buffer.pop(following, None)
             if entry is None:
                 return

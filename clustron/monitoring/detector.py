@@ -17,7 +17,7 @@ The detector only holds opinions; the coordinator turns them into views.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 
@@ -80,7 +80,11 @@ class FailureDetector:
         self._watches: dict[str, _Watch] = {}
 
     def reconfigure(
-        self, heartbeat_interval: float, suspect_after: float, dead_after: float, probe_timeout: float
+        self,
+        heartbeat_interval: float,
+        suspect_after: float,
+        dead_after: float,
+        probe_timeout: float,
     ) -> None:
         """
         Apply new timings (configuration reload); opinions are kept.

@@ -50,7 +50,9 @@ def json_observer(stream: Any = None) -> ILogObserver:
     return jsonFileLogObserver(stream or sys.stdout, recordSeparator="")
 
 
-def configure_logging(config: Any, log_format: str | None = None, log_level: str | None = None) -> None:
+def configure_logging(
+    config: Any, log_format: str | None = None, log_level: str | None = None
+) -> None:
     """
     Apply C{logging.level} and C{logging.format} (or the command-line
     overrides) to the global log publisher.

@@ -9,7 +9,7 @@ metric name starts with ``clustron_``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -94,9 +94,7 @@ class NodeMetrics:
         self.views_installed = Counter(
             "clustron_views_installed", "Views this node installed as coordinator.", registry=r
         )
-        self.suspicions = Counter(
-            "clustron_suspicions", "Members this node suspected.", registry=r
-        )
+        self.suspicions = Counter("clustron_suspicions", "Members this node suspected.", registry=r)
         self.suspicions_refuted = Counter(
             "clustron_suspicions_refuted",
             "Suspicions that turned out false (the member answered).",
@@ -125,7 +123,21 @@ class NodeMetrics:
         self.request_latency = Histogram(
             "clustron_request_latency_seconds",
             "Time from sending a request to its reply.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
             registry=r,
         )
         self.heartbeat_rtt = Histogram(

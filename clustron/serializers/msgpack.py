@@ -55,7 +55,13 @@ class MsgpackSerializer:
         msgpack = _module()
         try:
             return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
-        except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException, RecursionError) as e:
+        except (
+            ValueError,
+            TypeError,
+            msgpack.ExtraData,
+            msgpack.UnpackException,
+            RecursionError,
+        ) as e:
             raise SerializationError(f"malformed msgpack: {e}") from None
 
 

@@ -10,8 +10,14 @@ promises of DESIGN section 4 after every event:
 - epochs never go back on a node;
 - one view id names one member set everywhere.
 
+L{MessagingChecker} does the same for DESIGN section 5 (no duplicate
+delivery, FIFO, causal order, one message per total-order position, no
+gaps) and, given the nodes, checks that only the acting coordinator of an
+epoch sequences total order in it, and only with a majority.
+
 Violations are collected as strings (so a seed sweep can print them all);
-L{MembershipChecker.assert_ok} raises with every one of them.
+C{assert_ok} raises with every one of them. Liveness (what must eventually
+happen once faults stop) is checked by L{clustron.testkit.liveness}.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from clustron.membership.view import View
+
+__all__ = ["InvariantViolation", "MembershipChecker", "MessagingChecker"]
 
 
 class InvariantViolation(AssertionError):
@@ -38,12 +46,15 @@ class MembershipChecker:
 
     @ivar violations: every violation found, in the order found.
     @ivar coordinators: the coordinator of each epoch seen.
+    @ivar installed: every view installed by a coordinator, with the time,
+        in the order installed.
     """
 
     def __init__(self, majority: bool = True) -> None:
         self.majority = majority
         self.violations: list[str] = []
         self.coordinators: dict[int, str] = {}
+        self.installed: list[tuple[float, View]] = []
         self._members_of: dict[tuple[int, int], tuple[tuple[str, int], ...]] = {}
         self._last_epoch: dict[int, tuple[str, int]] = {}
         self.events = 0
@@ -67,6 +78,7 @@ class MembershipChecker:
             self._claim(fields["epoch"], node_id, time)
         elif kind == "install":
             view: View = fields["view"]
+            self.installed.append((time, view))
             self._claim(view.epoch, node_id, time)
             required = fields["required"]
             if self.majority:
@@ -129,13 +141,26 @@ class MessagingChecker:
       happened before it (happens-before is computed here, from what each
       sender had delivered when it broadcast, not taken from the nodes);
     - total: one message per position everywhere, and each node delivers
-      positions in increasing order without gaps inside an epoch.
+      positions in increasing order without gaps inside an epoch;
+    - sequencing: only a node that coordinates the position's epoch with
+      quorum (as its membership says at that moment; with C{majority}, a
+      majority of its view's active members reachable) assigns a position,
+      and, given the L{MembershipChecker}, no other node coordinates that
+      epoch.
 
     @ivar violations: every violation found, in the order found.
     @ivar delivered: per node id, the message ids delivered, in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, majority: bool = True, membership: MembershipChecker | None = None) -> None:
+        """
+        @param majority: whether sequencing needs a majority of the
+            sequencer's view whatever quorum the nodes are configured with.
+        @param membership: the membership checker whose epoch coordinators
+            sequencers are compared with, if any.
+        """
+        self.majority = majority
+        self.membership = membership
         self.violations: list[str] = []
         self.delivered: dict[str, list[str]] = {}
         self.sent: dict[str, tuple[str, str]] = {}
@@ -159,9 +184,39 @@ class MessagingChecker:
         self.total_log[key] = []
 
         def observe(kind: str, fields: dict[str, Any]) -> None:
+            if kind == "total_sequence":
+                self._sequenced(node, fields)
             self._observe(key, node_id, kind, fields)
 
         node.messenger.observers.append(observe)
+
+    def _sequenced(self, node: Any, fields: dict[str, Any]) -> None:
+        time = fields["time"]
+        position = fields["position"]
+        pos = (position.epoch, position.seq)
+        membership = node.membership
+        view = membership.view
+        where = f"t={time:.3f} {node.node_id} sequenced {fields['id']} at {pos}"
+        if view is None or not membership.joined:
+            self.violations.append(f"{where} while not a member of a view")
+            return
+        if view.coordinator != node.node_id or view.epoch != pos[0]:
+            self.violations.append(
+                f"{where} but its view {view.epoch}.{view.seq} is coordinated by {view.coordinator}"
+            )
+        if not membership.acting:
+            self.violations.append(f"{where} while not acting (no quorum, or stepping down)")
+        if self.majority:
+            base = len(view.active_members())
+            present = len(membership.reachable_members())
+            if present < base // 2 + 1:
+                self.violations.append(
+                    f"{where} without a majority ({present} of {base} reachable)"
+                )
+        if self.membership is not None:
+            holder = self.membership.coordinators.get(pos[0])
+            if holder is not None and holder != node.node_id:
+                self.violations.append(f"{where}, but {holder} coordinates epoch {pos[0]}")
 
     def _observe(self, key: int, node_id: str, kind: str, fields: dict[str, Any]) -> None:
         time = fields["time"]
@@ -212,7 +267,8 @@ class MessagingChecker:
             last = self._last_position.get(key)
             if last is not None and (pos <= last or (pos[0] == last[0] and pos[1] != last[1] + 1)):
                 self.violations.append(
-                    f"t={time:.3f} {node_id} delivered position {pos} after {last} (gap or regression)"
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last} "
+                    "(gap or regression)"
                 )
             self._last_position[key] = pos
             self.total_log[key].append((pos, msg_id))

@@ -11,18 +11,25 @@ Node ids are C{n1} .. C{nN}; node C{nK} lives at host C{10.0.0.K} and listens
 on port 7000. Every node lists every address as a static seed. Configuration
 keys can be overridden for all nodes (C{overrides}) or per node
 (C{per_node}).
+
+Restarts: a Clustron node keeps no durable state, so restarting a node
+"with its state kept" means the same node id comes back at the same address
+with a new incarnation (L{SimCluster.restart}); restarting it "wiped" means
+a new identity comes back at the same address, as a re-imaged machine would
+(C{restart(node_id, wipe=True)}), and the old id must be declared dead.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable, Mapping
-
-from twisted.internet.task import Clock
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from clustron.config import NodeConfig
 from clustron.node import ClusterNode
-from clustron.testkit.simnet import SimNetwork
+from clustron.testkit.simnet import Delay, SimClock, SimHost, SimNetwork
+
+__all__ = ["PORT", "SimCluster"]
 
 PORT = 7000
 
@@ -42,10 +49,14 @@ class SimCluster:
     A whole cluster in one process, deterministic from one seed.
 
     @ivar network: the L{SimNetwork}.
-    @ivar clock: the one clock every node runs on.
-    @ivar nodes: the running nodes by node id (a crashed node stays listed
+    @ivar clock: the one clock every node runs on (a L{SimClock}).
+    @ivar node_ids: every node id ever used, in creation order (ids that a
+        wiped restart replaced stay listed; see L{retired}).
+    @ivar nodes: the node objects by node id (a crashed node stays listed
         until restarted; see L{crashed}).
     @ivar crashed: ids of nodes currently crashed.
+    @ivar retired: ids replaced by a new identity at their address
+        (C{restart(node_id, wipe=True)}); they never come back.
     """
 
     def __init__(
@@ -56,17 +67,31 @@ class SimCluster:
         per_node: Mapping[str, Mapping[str, Any]] | None = None,
         profile: str = "lan",
     ) -> None:
+        """
+        @param size: the number of nodes (at least 1).
+        @param seed: the seed every random choice of the simulation derives
+            from.
+        @param overrides: configuration keys (nested dicts) for every node.
+        @param per_node: configuration keys per node id, applied last.
+        @param profile: the timing profile of every node.
+        @raise ValueError: when C{size} is below 1.
+        """
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"a SimCluster needs at least one node, got size={size!r}")
         self.size = size
         self.seed = seed
-        self.clock = Clock()
+        self.clock = SimClock()
         self.network = SimNetwork(self.clock, seed)
         self._overrides = dict(overrides or {})
         self._per_node = dict(per_node or {})
         self._profile = profile
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
+        self._hosts: dict[str, str] = {}
         self.nodes: dict[str, ClusterNode] = {}
         self.crashed: set[str] = set()
+        self.retired: set[str] = set()
         self._node_hooks: list[Callable[[ClusterNode], None]] = []
+        self._wipes = 0
 
     # -- addresses and config ------------------------------------------------
 
@@ -74,14 +99,24 @@ class SimCluster:
         """
         The simulated host address of a node (C{n3} -> C{10.0.0.3}).
         """
+        known = self._hosts.get(node_id)
+        if known is not None:
+            return known
         index = int(node_id[1:])
         return f"10.0.{index // 250}.{index % 250}"
+
+    def host(self, node_id: str) -> SimHost:
+        """
+        The L{SimHost} a node runs on.
+        """
+        return self.network.host(self.host_of(node_id))
 
     def config_dict(self, node_id: str) -> dict[str, Any]:
         """
         The configuration (plain data) a node starts with.
         """
-        seeds = [f"{self.host_of(n)}:{PORT}" for n in self.node_ids]
+        addresses = dict.fromkeys(self.host_of(n) for n in self.node_ids)
+        seeds = [f"{address}:{PORT}" for address in addresses]
         base: dict[str, Any] = {
             "cluster_id": "sim",
             "node_id": node_id,
@@ -129,13 +164,31 @@ class SimCluster:
         self.network.host(self.host_of(node_id)).crash()
         self.crashed.add(node_id)
 
-    def restart(self, node_id: str) -> ClusterNode:
+    def restart(self, node_id: str, wipe: bool = False) -> ClusterNode:
         """
         Restart a crashed (or running) node with fresh state and a new
         incarnation.
+
+        @param wipe: come back as a new identity at the same address (the
+            node id gets a suffix: C{n3} becomes C{n3w1}); the old id is
+            retired and stays crashed.
+        @raise ValueError: when the node id is retired.
+        @return: the new node.
         """
+        if node_id in self.retired:
+            raise ValueError(f"{node_id} was replaced by a wiped restart and cannot restart")
         host = self.network.host(self.host_of(node_id))
         host.restart()
+        if wipe:
+            self._wipes += 1
+            new_id = f"{node_id.split('w', 1)[0]}w{self._wipes}"
+            self._hosts[new_id] = self.host_of(node_id)
+            if node_id in self._per_node:
+                self._per_node[new_id] = self._per_node[node_id]
+            self.crashed.add(node_id)
+            self.retired.add(node_id)
+            self.node_ids.append(new_id)
+            node_id = new_id
         self.crashed.discard(node_id)
         node = self._make(node_id)
         self.nodes[node_id] = node
@@ -154,17 +207,81 @@ class SimCluster:
         """
         self.network.host(self.host_of(node_id)).resume()
 
+    def paused(self) -> list[str]:
+        """
+        Ids of live nodes that are paused, in id order.
+        """
+        return [n.node_id for n in self.live() if self.host(n.node_id).state == "paused"]
+
+    # -- network faults ----------------------------------------------------------
+
     def partition(self, *groups: Iterable[str]) -> None:
         """
         Cut every link between nodes of different groups (node ids).
         """
         self.network.partition([[self.host_of(n) for n in group] for group in groups])
 
+    def isolate(self, node_id: str) -> None:
+        """
+        Cut both directions between a node and every other host.
+        """
+        self.network.isolate(self.host_of(node_id))
+
+    def cut_one_way(self, a: str, b: str) -> None:
+        """
+        Cut the direction from node C{a} to node C{b} only.
+        """
+        self.network.cut_one_way(self.host_of(a), self.host_of(b))
+
+    def clog(self, a: str, b: str, seconds: float | None = None, both: bool = True) -> None:
+        """
+        Clog the link between two nodes (both directions unless C{both} is
+        False): what travels on it is held, then delivered when the clog
+        ends (see L{SimNetwork.clog}).
+        """
+        self.network.clog(self.host_of(a), self.host_of(b), seconds)
+        if both:
+            self.network.clog(self.host_of(b), self.host_of(a), seconds)
+
+    def unclog(self, a: str, b: str, both: bool = True) -> None:
+        """
+        End the clog of the link between two nodes.
+        """
+        self.network.unclog(self.host_of(a), self.host_of(b))
+        if both:
+            self.network.unclog(self.host_of(b), self.host_of(a))
+
+    def set_links(self, node_ids: Iterable[str] | None = None, **params: Any) -> None:
+        """
+        Set link parameters (L{clustron.testkit.simnet.LinkParams} names) on
+        every direction between the given nodes (all by default).
+        """
+        chosen = list(node_ids) if node_ids is not None else list(self.node_ids)
+        for a in chosen:
+            for b in chosen:
+                if a != b:
+                    self.network.set_link(self.host_of(a), self.host_of(b), **params)
+
+    def slow(self, node_id: str, delay: Delay) -> None:
+        """
+        Make a node slow: everything delivered to it waits C{delay} extra
+        seconds (C{0} makes it normal again).
+        """
+        self.host(node_id).set_processing_delay(delay)
+
+    def skew(self, node_id: str, seconds: float) -> None:
+        """
+        Offset a node's wall clock by C{seconds}.
+        """
+        self.host(node_id).set_skew(seconds)
+
     def heal(self) -> None:
         """
-        Restore every link.
+        Restore every link (cuts, clogs and link parameters).
         """
         self.network.heal()
+
+    # -- running -------------------------------------------------------------------
 
     def run(self, seconds: float) -> None:
         """
@@ -180,6 +297,12 @@ class SimCluster:
         @return: whether the predicate became true.
         """
         return self.network.run_until(predicate, timeout)
+
+    def trace_hash(self) -> str:
+        """
+        The network's trace hash so far (same seed and calls, same hash).
+        """
+        return self.network.trace_hash()
 
     # -- observations --------------------------------------------------------
 
@@ -219,4 +342,6 @@ class SimCluster:
         The coordinator named by a node's current view.
         """
         view = self.nodes[node_id].view
-        return view.coordinator if view is not None and self.nodes[node_id].membership.joined else None
+        return (
+            view.coordinator if view is not None and self.nodes[node_id].membership.joined else None
+        )

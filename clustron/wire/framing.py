@@ -21,7 +21,8 @@ import hashlib
 import hmac
 import struct
 import zlib
-from typing import NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from clustron.errors import FrameError
 
@@ -219,7 +220,9 @@ def encode_frame(
     Build the bytes of one frame, length prefix included.
     """
     body = (
-        _HEADER.pack(MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR, integrity.flag, serializer_id, frame_type)
+        _HEADER.pack(
+            MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR, integrity.flag, serializer_id, frame_type
+        )
         + payload
     )
     trailer = integrity.seal(body)

@@ -12,7 +12,8 @@ disagree on serializers can still tell each other why.
 from __future__ import annotations
 
 import re
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import attrs
 
@@ -110,7 +111,9 @@ class Hello:
         if (
             not isinstance(protocol, list)
             or len(protocol) != 2
-            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 256 for p in protocol)
+            or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 256 for p in protocol
+            )
         ):
             raise ProtocolViolation(MALFORMED_HELLO, "protocol must be [major, minor]")
         address = text("address")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -251,7 +252,9 @@ class Mesh:
         for address in sorted(wanted - set(self._dialers)):
             dialer = _Dialer(
                 address,
-                Backoff(self.config.wire.reconnect_initial, self.config.wire.reconnect_max, self._rng),
+                Backoff(
+                    self.config.wire.reconnect_initial, self.config.wire.reconnect_max, self._rng
+                ),
             )
             self._dialers[address] = dialer
             self._dial_soon(dialer, 0.0)

@@ -17,10 +17,10 @@ queue is full too, L{PeerProtocol.send} raises L{QueueFull}.
 from __future__ import annotations
 
 import collections
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
-from typing import Any, Protocol as TypingProtocol
-
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -41,10 +41,43 @@ from clustron.wire.handshake import Hello, Reject
 
 log = Logger()
 
+_LOST = Failure(ConnectionError("connection lost"))
+
 _HANDSHAKE_SERIALIZER_ID = 1  # HELLO and REJECT are always JSON.
 
 #: The BYE reason of a connection closed because the pair keeps another one.
 DUPLICATE_CONNECTION = "duplicate connection"
+
+
+class Encoded:
+    """
+    A frame body serialized already, which L{PeerProtocol.send} frames as it
+    is: a layer that must serialize a body anyway (to learn its size, say)
+    hands this over instead of the body, so it is serialized only once.
+
+    @ivar payload: the serialized body.
+    @ivar serializer_id: the wire id of the serializer that produced it.
+    """
+
+    __slots__ = ("payload", "serializer_id")
+
+    def __init__(self, payload: bytes, serializer_id: int) -> None:
+        self.payload = payload
+        self.serializer_id = serializer_id
+
+    def __repr__(self) -> str:
+        return f"Encoded({len(self.payload)} bytes, serializer {self.serializer_id})"
+
+
+def _by_frame_type(cache: dict[int, Any], family: Any, frame_type: int) -> Any:
+    """
+    The child of a metric family labelled with a frame type's name, looked
+    up once per connection and type (C{labels()} costs more than the count).
+    """
+    child = cache.get(frame_type)
+    if child is None:
+        child = cache[frame_type] = family.labels(FRAME_TYPE_NAMES.get(frame_type, "other"))
+    return child
 
 
 class PeerProtocolOwner(TypingProtocol):
@@ -149,6 +182,8 @@ class PeerProtocol(Protocol):
         self._queue: collections.deque[bytes] = collections.deque()
         self._priority: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
+        self._frames_sent: dict[int, Any] = {}
+        self._frames_received: dict[int, Any] = {}
 
     # -- Twisted callbacks ---------------------------------------------------
 
@@ -213,7 +248,7 @@ class PeerProtocol(Protocol):
                 self._drop("internal error", level="error", reason_code="internal_error")
                 return
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError("lost"))) -> None:
+    def connectionLost(self, reason: Failure = _LOST) -> None:
         """
         Stop timers, forget queued frames and tell the owner.
         """
@@ -269,6 +304,7 @@ class PeerProtocol(Protocol):
         """
         Serialize and send one frame on an established connection.
 
+        @param body: plain data, or an L{Encoded} body (sent as it is).
         @param priority: control traffic (heartbeats) that overtakes queued
             frames when the transport pushes back.
         @raise QueueFull: when the transport pushes back and the bounded
@@ -277,11 +313,19 @@ class PeerProtocol(Protocol):
         """
         if self.closed:
             raise QueueFull("connection is closed")
-        payload = self.serializer.dumps(body)
-        data = framing.encode_frame(frame_type, payload, self.serializer.wire_id, self._integrity)
+        if type(body) is Encoded:
+            data = framing.encode_frame(
+                frame_type, body.payload, body.serializer_id, self._integrity
+            )
+        else:
+            payload = self.serializer.dumps(body)
+            data = framing.encode_frame(
+                frame_type, payload, self.serializer.wire_id, self._integrity
+            )
         if len(data) - 4 > self.owner.max_frame_bytes:
             raise SerializationError(
-                f"frame of {len(data) - 4} bytes exceeds max_frame_bytes={self.owner.max_frame_bytes}"
+                f"frame of {len(data) - 4} bytes exceeds "
+                f"max_frame_bytes={self.owner.max_frame_bytes}"
             )
         self.send_encoded(frame_type, data, priority)
 
@@ -304,7 +348,7 @@ class PeerProtocol(Protocol):
         (self._priority if priority else self._queue).append(data)
         self._queued_bytes += len(data)
         self.owner.metrics.send_queue_frames.inc()
-        self.owner.metrics.frames_sent.labels(FRAME_TYPE_NAMES.get(frame_type, "other")).inc()
+        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
         if not self._paused:
             self._flush()
 
@@ -353,15 +397,13 @@ class PeerProtocol(Protocol):
         self.transport.loseConnection()
 
     def _write_raw(self, data: bytes, frame_type: int) -> None:
-        self.owner.metrics.frames_sent.labels(FRAME_TYPE_NAMES.get(frame_type, "other")).inc()
+        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
         self.owner.metrics.bytes_sent.inc(len(data))
         self.transport.write(data)
 
     def _frame(self, frame: Frame) -> None:
         frame_type = frame.frame_type
-        self.owner.metrics.frames_received.labels(
-            FRAME_TYPE_NAMES.get(frame_type, "other")
-        ).inc()
+        _by_frame_type(self._frames_received, self.owner.metrics.frames_received, frame_type).inc()
         if frame_type == framing.REJECT:
             reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
             self.rejection = reject

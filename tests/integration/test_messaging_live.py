@@ -99,8 +99,12 @@ class LiveMessagingTests(TestCase):
         sends = []
         for i in range(20):
             sends.append(self.node.broadcast("b", f"n1-{i}", order="total"))
-            sends.append(self.node.request("n2", "broadcast", {"body": f"n2-{i}", "order": "total"}))
-            sends.append(self.node.request("n3", "broadcast", {"body": f"n3-{i}", "order": "total"}))
+            sends.append(
+                self.node.request("n2", "broadcast", {"body": f"n2-{i}", "order": "total"})
+            )
+            sends.append(
+                self.node.request("n3", "broadcast", {"body": f"n3-{i}", "order": "total"})
+            )
         yield defer.gatherResults(sends)
         for _ in range(100):
             if len(self.received) == 60:
