@@ -12,11 +12,12 @@ C{messaging.fragment_bytes} are split into fragments that are paced out as
 the connection drains, so heartbeats and small messages never wait behind a
 large one.
 
-Envelopes (the body of a MESSAGE frame):
+Envelopes (the body of a MESSAGE frame)::
 
     {"type": "d", "id": ID, "f": [incarnation, stream, seq, first], "k": KIND, ...}
     {"type": "u", "id": ID, "k": KIND, ...}          unreliable
     {"type": "ack", "ids": [ID, ...]}
+    (data envelopes may carry acknowledgements too: "a": [ID, ...])
     {"type": "frag", "id": ..., "index": ..., "count": ..., "total": ...,
      "data": base64, "s": SERIALIZER}
 
@@ -63,7 +64,13 @@ from clustron.messaging.fifo import FifoReceiver, FifoSender, FifoStamp
 from clustron.messaging.fragments import Fragment, Fragmenter, Reassembler
 from clustron.messaging.ids import MessageId, MessageIdSource
 from clustron.messaging.message import Message, Position
-from clustron.messaging.reliability import ACK_TYPE, ReliableReceiver, ReliableSender, parse_id
+from clustron.messaging.reliability import (
+    ACK_TYPE,
+    ReliableReceiver,
+    ReliableSender,
+    ack_envelope,
+    parse_id,
+)
 from clustron.observability import tracing
 from clustron.observability.metrics import NodeMetrics, sample
 from clustron.wire.protocol import Encoded
@@ -75,6 +82,9 @@ _MAX_REQUESTS = 65536
 _MAX_TOPIC = 256
 _MAX_BULK_FRAMES_PER_PEER = 4096
 _MAX_ACK_BATCH = 256
+
+#: The key of a data envelope that carries acknowledgements (piggybacked).
+ACKS_KEY = "a"
 
 Handler = Callable[[Message], Any]
 
@@ -409,6 +419,8 @@ class Messenger:
         if not isinstance(envelope, dict):
             raise ProtocolViolation("malformed_message", "envelope is not a mapping")
         kind = envelope.get("type")
+        if kind in ("d", "u") and ACKS_KEY in envelope:
+            self._sender.handle_ack(sender, {"type": ACK_TYPE, "ids": envelope[ACKS_KEY]})
         if kind == "d":
             self._receiver.receive(sender, envelope, admit=lambda env: self._admit(sender, env))
         elif kind == ACK_TYPE:
@@ -661,6 +673,11 @@ class Messenger:
     ) -> Deferred[None]:
         envelope["id"] = str(msg_id)
         kind = envelope.get("k")
+        # Acknowledgements waiting for this peer ride along (piggybacking):
+        # a reply acknowledges its request, the next request the reply.
+        acks = self._receiver.take(to)
+        if acks:
+            envelope[ACKS_KEY] = [str(ack) for ack in acks]
         if not reliable:
             envelope["type"] = "u"
             try:
@@ -668,6 +685,7 @@ class Messenger:
                 _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
                 self._transmit(to, wire)
             except ClustronError as e:
+                self._send_acks(to, acks)
                 return fail(e)
             return succeed(None)
         stamp = self._fifo_out.stamp(to)
@@ -677,6 +695,7 @@ class Messenger:
             wire = self._encode(envelope)
         except ClustronError as e:
             self._fifo_out.settle(to, stamp)
+            self._send_acks(to, acks)
             return fail(e)
         _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
         d = self._sender.submit(to, wire)
@@ -723,9 +742,24 @@ class Messenger:
                 return
             payload = self._serializer.dumps(envelope)
         if len(payload) > self.config.messaging.fragment_bytes:
+            acks = envelope.get(ACKS_KEY)
+            if acks:
+                # Fragments take a while: the acknowledgements go ahead.
+                self._transmit_frame(to, {"type": ACK_TYPE, "ids": acks})
             self._queue_fragments(to, str(envelope["id"]), payload)
             return
         self._transmit_frame(to, Encoded(payload, self._serializer.wire_id))
+
+    def _send_acks(self, to: str, acks: list[MessageId]) -> None:
+        """
+        Send acknowledgements taken for an envelope that was not sent.
+        """
+        if not acks:
+            return
+        try:
+            self._transmit_frame(to, ack_envelope(acks))
+        except ClustronError as e:
+            log.debug("acknowledgement to {peer} failed: {reason}", peer=to, reason=str(e))
 
     def _queue_fragments(self, to: str, msg_id: str, payload: bytes) -> None:
         queue = self._bulk.setdefault(to, collections.deque())
