@@ -36,7 +36,6 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from clustron.config import NodeConfig
 from clustron.errors import (
@@ -60,10 +59,9 @@ from clustron.membership.view import (
 )
 from clustron.monitoring import detector as fd
 from clustron.observability import tracing
+from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import CONTROL, HEARTBEAT
-
-log = Logger()
 
 Send = Callable[[str, int, Any, bool], bool]
 
@@ -165,6 +163,11 @@ class Membership:
             fdc.probe_timeout,
         )
         self.view: View | None = None
+        self.log = NodeLogger(
+            self.node_id,
+            view_id=lambda: list(self.view.id) if self.view is not None else None,
+            namespace=__name__,
+        )
         self.max_epoch = 0
         self._votes: dict[int, str] = {}
         self.peers: dict[str, PeerInfo] = {}
@@ -454,7 +457,7 @@ class Membership:
             self._candidacy is not None
             and now - self._candidacy.started_at > self.config.membership.join_timeout
         ):
-            log.info(
+            self.log.info(
                 "election for epoch {epoch} got {votes}/{required} votes; giving up for now",
                 epoch=self._candidacy.epoch,
                 votes=len(self._candidacy.granted),
@@ -588,7 +591,7 @@ class Membership:
             return
         if self._coordinator_failed_since is None:
             self._coordinator_failed_since = now
-            log.info("coordinator failed: {why}", why=failure)
+            self.log.info("coordinator failed: {why}", why=failure)
         if self._candidacy is not None or now < self._no_candidacy_before:
             return
         prefer = self._abdication[1] if self._abdication else None
@@ -646,7 +649,7 @@ class Membership:
         self.max_epoch = candidacy.epoch
         self._remember_vote(candidacy.epoch, self.node_id)
         self.metrics.elections.labels("bootstrap" if candidacy.bootstrap else "failover").inc()
-        log.info(
+        self.log.info(
             "standing for coordinator of epoch {epoch} ({reason}); need {required} votes",
             epoch=candidacy.epoch,
             reason=candidacy.reason,
@@ -745,7 +748,7 @@ class Membership:
         self._trace(
             "elected", epoch=epoch, votes=sorted(candidacy.granted), required=candidacy.required
         )
-        log.info(
+        self.log.info(
             "elected coordinator of epoch {epoch} with votes of {votes}",
             epoch=epoch,
             votes=",".join(sorted(candidacy.granted)),
@@ -772,13 +775,13 @@ class Membership:
         had = self._acting
         self._acting = self.quorum.satisfied(present, base)
         if had and not self._acting:
-            log.warn(
+            self.log.warn(
                 "coordinator lost quorum ({present}/{required} reachable): not acting",
                 present=present,
                 required=self.quorum.required(base),
             )
         elif self._acting and not had:
-            log.info("coordinator has quorum again")
+            self.log.info("coordinator has quorum again")
         self._check_merge(now)
         if not self._acting:
             return
@@ -935,7 +938,7 @@ class Membership:
         self._abdication = (self.view.epoch, prefer)
         self._acting = False
         self._coordinator_failed_since = self.clock.seconds()
-        log.info("stepping down as coordinator (preferred successor: {prefer})", prefer=prefer)
+        self.log.info("stepping down as coordinator (preferred successor: {prefer})", prefer=prefer)
         for node_id in self.view.active_ids():
             if node_id != self.node_id:
                 self._send_control(
@@ -1002,7 +1005,7 @@ class Membership:
                     self._want_address(info.coordinator_address)
                 return
             if self.is_coordinator:
-                log.info(
+                self.log.info(
                     "found view {theirs} of coordinator {other}; asking it to merge view {mine}",
                     theirs=list(info.view_id or ()),
                     other=target,
@@ -1074,7 +1077,7 @@ class Membership:
         if me.state == SUSPECT and me.incarnation >= self.incarnation:
             self.incarnation = me.incarnation + 1
             self._set_incarnation(self.incarnation)
-            log.info(
+            self.log.info(
                 "refuting suspicion ({reason}) with incarnation {incarnation}",
                 reason=me.reason,
                 incarnation=self.incarnation,
@@ -1105,21 +1108,21 @@ class Membership:
         self._notify_change()
         if self._leaving is not None:
             leaving, self._leaving = self._leaving, None
-            log.info("left the cluster")
+            self.log.info("left the cluster")
             if not leaving.called:
                 leaving.callback(None)
             self._removed_by_operator = True
             return
         if me is not None and reason.startswith("removed by"):
             self._removed_by_operator = True
-            log.warn(
+            self.log.warn(
                 "this node was removed from the cluster: {reason}; it stays out until restarted",
                 reason=reason,
             )
             return
         self.incarnation = max(self.incarnation + 1, (me.incarnation + 1) if me else 0)
         self._set_incarnation(self.incarnation)
-        log.warn(
+        self.log.warn(
             "this node was dropped from view {view} ({reason}); "
             "rejoining with incarnation {incarnation}",
             view=list(view.id),
@@ -1207,7 +1210,7 @@ class Membership:
         self._soon()
 
     def _on_join_refused(self, sender: str, body: dict[str, Any]) -> None:
-        log.info(
+        self.log.info(
             "join refused by {sender}: {reason}",
             sender=sender,
             reason=str(body.get("reason"))[:200],
@@ -1338,7 +1341,9 @@ class Membership:
             self._check_won(self.clock.seconds())
         else:
             reason = body.get("reason")
-            log.debug("vote denied by {sender}: {reason}", sender=sender, reason=str(reason)[:200])
+            self.log.debug(
+                "vote denied by {sender}: {reason}", sender=sender, reason=str(reason)[:200]
+            )
 
     def _on_abdicate(self, sender: str, body: dict[str, Any]) -> None:
         epoch = body.get("epoch")
@@ -1383,7 +1388,7 @@ class Membership:
         merged = View(
             epoch, seq, self.node_id, tuple(sorted(members.values(), key=lambda m: m.node_id))
         )
-        log.info(
+        self.log.info(
             "merging view {other} of {sender} into {mine} as {merged}",
             other=list(other.id),
             sender=sender,
@@ -1645,7 +1650,7 @@ class Membership:
             try:
                 callback(event)
             except Exception:
-                log.failure("membership event subscriber failed")
+                self.log.failure("membership event subscriber failed")
 
     def _trace(self, kind: str, **fields: Any) -> None:
         fields["node_id"] = self.node_id
@@ -1719,7 +1724,7 @@ class Membership:
         return timed
 
     def _on_transition(self, transition: fd.Transition, now: float) -> None:
-        log.info(
+        self.log.info(
             "{node} {old} -> {new}: {reason}",
             node=transition.node_id,
             old=transition.old,

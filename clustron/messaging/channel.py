@@ -39,7 +39,6 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clustron.config import NodeConfig
@@ -72,10 +71,9 @@ from clustron.messaging.reliability import (
     parse_id,
 )
 from clustron.observability import tracing
+from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics, sample
 from clustron.wire.protocol import Encoded
-
-log = Logger()
 
 ORDERS = ("fifo", "causal", "total")
 _MAX_REQUESTS = 65536
@@ -117,6 +115,7 @@ class Messenger:
         metrics: NodeMetrics,
     ) -> None:
         self.node_id = node_id
+        self.log = NodeLogger(node_id, namespace=__name__)
         self.incarnation = incarnation
         self.clock = clock
         self.config = config
@@ -422,7 +421,15 @@ class Messenger:
         if kind in ("d", "u") and ACKS_KEY in envelope:
             self._sender.handle_ack(sender, {"type": ACK_TYPE, "ids": envelope[ACKS_KEY]})
         if kind == "d":
-            self._receiver.receive(sender, envelope, admit=lambda env: self._admit(sender, env))
+            # Messages are handed to the application once the envelope is
+            # recorded and its acknowledgement batched, so that a reply sent
+            # by the handler carries it.
+            ready: list[tuple[MessageId, dict[str, Any]]] = []
+            self._receiver.receive(
+                sender, envelope, admit=lambda env: self._admit(sender, env, ready)
+            )
+            for delivered_id, delivered in ready:
+                self._dispatch(sender, delivered_id, delivered)
         elif kind == ACK_TYPE:
             self._sender.handle_ack(sender, envelope)
         elif kind == "u":
@@ -440,15 +447,19 @@ class Messenger:
         """
         self._pump(node_id)
 
-    def _admit(self, sender: str, envelope: dict[str, Any]) -> bool:
+    def _admit(
+        self,
+        sender: str,
+        envelope: dict[str, Any],
+        ready: list[tuple[MessageId, dict[str, Any]]],
+    ) -> bool:
         stamp = envelope.get("f")
         if not isinstance(stamp, list) or len(stamp) != 4:
             raise ProtocolViolation("malformed_message", "bad FIFO stamp")
         incarnation, stream, seq, first = stamp
         msg_id = self._parse_id(envelope)
         arrival = self._fifo_in.receive(sender, incarnation, seq, (msg_id, envelope), stream, first)
-        for delivered_id, delivered in arrival.deliver:
-            self._dispatch(sender, delivered_id, delivered)
+        ready.extend(arrival.deliver)
         return arrival.taken
 
     def _dispatch(self, sender: str, msg_id: MessageId, envelope: dict[str, Any]) -> None:
@@ -494,7 +505,7 @@ class Messenger:
     ) -> None:
         arrival = self._causal_in.receive(key, stamp, payload)
         if not arrival.taken:
-            log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
+            self.log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
         for sender, msg_id, envelope in arrival.deliver:
             self._handle(
                 sender,
@@ -551,7 +562,7 @@ class Messenger:
             d.addBoth(lambda result: self._reply(sender, correlation, result))
         else:
             d.addErrback(
-                lambda failure: log.failure(
+                lambda failure: self.log.failure(
                     "handler for {topic} failed on {msg_id}",
                     failure,
                     topic=topic,
@@ -573,7 +584,7 @@ class Messenger:
         if handler is None:
             if correlation is not None:
                 return fail(LookupError(f"no handler for topic {topic!r} on {self.node_id}"))
-            log.debug(
+            self.log.debug(
                 "no handler for topic {topic}; message {msg_id} dropped",
                 topic=topic,
                 msg_id=str(msg_id),
@@ -621,7 +632,7 @@ class Messenger:
             return self._send_envelope(to, self._ids.next_id(), error, True)
 
         def failed(failure: Failure) -> None:
-            log.info(
+            self.log.info(
                 "could not send the reply to {peer} for {correlation}: {why}",
                 peer=to,
                 correlation=correlation,
@@ -759,7 +770,7 @@ class Messenger:
         try:
             self._transmit_frame(to, ack_envelope(acks))
         except ClustronError as e:
-            log.debug("acknowledgement to {peer} failed: {reason}", peer=to, reason=str(e))
+            self.log.debug("acknowledgement to {peer} failed: {reason}", peer=to, reason=str(e))
 
     def _queue_fragments(self, to: str, msg_id: str, payload: bytes) -> None:
         queue = self._bulk.setdefault(to, collections.deque())

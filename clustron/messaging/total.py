@@ -33,11 +33,9 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from clustron.errors import ProtocolViolation, QueueFull
-
-log = Logger()
+from clustron.observability.logs import NodeLogger
 
 Position = tuple[int, int]
 
@@ -128,6 +126,7 @@ class TotalOrder:
         flush_timeout: float = 2.0,
     ) -> None:
         self.node_id = node_id
+        self.log = NodeLogger(node_id, namespace=__name__)
         self.clock = clock
         self._send = send
         self._deliver = deliver
@@ -339,7 +338,7 @@ class TotalOrder:
             "entries": {entry.position: entry for entry in self._log},
             "last": self.last,
         }
-        log.info(
+        self.log.info(
             "flushing total order before opening epoch {epoch}: asking {members}",
             epoch=epoch,
             members=sorted(waiting),
@@ -419,7 +418,7 @@ class TotalOrder:
                 self._send(member, opening)
         self._seq_epoch = epoch
         self._next_seq = 1
-        log.info(
+        self.log.info(
             "total order epoch {epoch} open after flushing up to {last}",
             epoch=epoch,
             last=list(longest),
@@ -477,7 +476,7 @@ class TotalOrder:
         if entry.position <= self.last:
             return
         if len(self._buffer) >= self._max_pending * 2:
-            log.warn(
+            self.log.warn(
                 "total-order reorder buffer full; dropping {position}",
                 position=list(entry.position),
             )

@@ -10,11 +10,13 @@ that writes one JSON object per event to standard output.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
@@ -60,3 +62,32 @@ def configure_logging(
     set_level(log_level or config.logging.level)
     if (log_format or config.logging.format) == "json":
         globalLogPublisher.addObserver(FilteringLogObserver(json_observer(), [level_filter]))
+
+
+class NodeLogger(Logger):
+    """
+    A L{Logger} that adds the node's id (and, when known, its current view
+    id) to every event it emits, so that the logs of several nodes (in one
+    process, as in the testkit, or merged by a log pipeline) stay
+    attributable and searchable by C{node_id} and C{view_id}.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        view_id: Callable[[], Any] | None = None,
+        namespace: str | None = None,
+        source: object | None = None,
+    ) -> None:
+        super().__init__(namespace=namespace, source=source)
+        self.node_id = node_id
+        self._view_id = view_id
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:  # noqa: A002
+        """
+        Emit an event with C{node_id} and C{view_id} fields added.
+        """
+        kwargs.setdefault("node_id", self.node_id)
+        if self._view_id is not None and "view_id" not in kwargs:
+            kwargs["view_id"] = self._view_id()
+        super().emit(level, format, **kwargs)

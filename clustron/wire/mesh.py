@@ -20,13 +20,13 @@ import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clustron.backoff import Backoff
 from clustron.config import NodeConfig
 from clustron.errors import QueueFull, UnknownMember
 from clustron.interfaces import ISerializer, ITransportPlugin
+from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import (
     PROTOCOL_MAJOR,
@@ -46,8 +46,6 @@ from clustron.wire.handshake import (
     keep_connection,
 )
 from clustron.wire.protocol import DUPLICATE_CONNECTION, PeerProtocol
-
-log = Logger()
 
 Address = tuple[str, int]
 
@@ -129,6 +127,7 @@ class Mesh:
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
+        self.log = NodeLogger(config.node_id, namespace=__name__)
         self.config = config
         self.transport_plugin = transport
         self.serializer = serializer
@@ -360,7 +359,7 @@ class Mesh:
                     self._sync_dialers()
                 return refusal
             self.metrics.handshake_rejections.labels(reason, "local").inc()
-            log.warn(
+            self.log.warn(
                 "refused handshake from {peer_node} at {peer_address}: {reason}: {detail}",
                 peer_node=hello.node_id,
                 peer_address=hello.address,
@@ -379,7 +378,7 @@ class Mesh:
                 self._sync_dialers()
             return
         self.metrics.handshake_rejections.labels(reject.reason, "peer").inc()
-        log.warn(
+        self.log.warn(
             "peer at {peer_address} refused our handshake: {reason}: {detail}",
             peer_address=str(protocol.dial_address or protocol.transport.getPeer()),
             reason=reject.reason,
@@ -429,7 +428,7 @@ class Mesh:
         self.peers[hello.node_id] = protocol
         protocol.established = True
         self.metrics.connections.set(len(self.peers))
-        log.info(
+        self.log.info(
             "connected to {peer_node} at {peer_address} ({direction})",
             peer_node=hello.node_id,
             peer_address=hello.address,
@@ -492,7 +491,9 @@ class Mesh:
         self._peer_lost(hello, reason)
 
     def _peer_lost(self, hello: Hello, reason: str, reconnect_now: bool = True) -> None:
-        log.info("lost connection to {peer_node}: {reason}", peer_node=hello.node_id, reason=reason)
+        self.log.info(
+            "lost connection to {peer_node}: {reason}", peer_node=hello.node_id, reason=reason
+        )
         self.on_peer_down(hello, reason)
         address = self._address_of.get(hello.node_id)
         if address is not None and address in self._dialers and self._running:
@@ -507,7 +508,7 @@ class Mesh:
         pending = self._pending_inbound.get(host, 0)
         if pending >= self.config.wire.max_connections_per_address:
             self.metrics.protocol_violations.labels("too_many_connections").inc()
-            log.warn("refusing connection from {host}: too many pending handshakes", host=host)
+            self.log.warn("refusing connection from {host}: too many pending handshakes", host=host)
             return False
         self._pending_inbound[host] = pending + 1
         return True
