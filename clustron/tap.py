@@ -66,7 +66,7 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802
     except (OSError, ClustronError) as e:
         sys.stderr.write(f"{options['config']}: {e}\n")
         raise SystemExit(2) from None
-    configure_logging(
+    observer = configure_logging(
         config,
         log_format=options.get("log-format"),
         log_level=options.get("log-level"),
@@ -78,11 +78,34 @@ def makeService(options: dict[str, Any]) -> IService:  # noqa: N802
     except ConfigError as e:
         sys.stderr.write(f"{options['config']}: {e.render()}\n")
         raise SystemExit(2) from None
-    root = MultiService()
+    root = NodeService(observer)
     node = ClusterNode(config)
     node.setServiceParent(root)
     _reload_on_sighup(node)
     return root
+
+
+class NodeService(MultiService):
+    """
+    The service twistd runs: the node, plus the log observer the
+    configuration asks for (JSON, or a level other than info), installed as
+    the application's C{ILogObserver} so that it replaces twistd's default
+    one (logs then go to standard output).
+    """
+
+    def __init__(self, observer: Any = None) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def setServiceParent(self, parent: Any) -> Any:  # noqa: N802
+        """
+        Attach to the twistd application, giving it our log observer.
+        """
+        if self.observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
 
 
 def _reload_on_sighup(node: Any) -> None:

@@ -19,8 +19,8 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    globalLogPublisher,
     jsonFileLogObserver,
+    textFileLogObserver,
 )
 
 _LEVELS = {
@@ -54,14 +54,25 @@ def json_observer(stream: Any = None) -> ILogObserver:
 
 def configure_logging(
     config: Any, log_format: str | None = None, log_level: str | None = None
-) -> None:
+) -> ILogObserver | None:
     """
     Apply C{logging.level} and C{logging.format} (or the command-line
-    overrides) to the global log publisher.
+    overrides).
+
+    @return: None when twistd's own log observer will do (text at level
+        info), else the observer to install in its place: JSON or text on
+        standard output, filtered at the chosen level (see L{NodeService}
+        in L{clustron.tap}, which installs it as the application's
+        C{ILogObserver}).
     """
-    set_level(log_level or config.logging.level)
-    if (log_format or config.logging.format) == "json":
-        globalLogPublisher.addObserver(FilteringLogObserver(json_observer(), [level_filter]))
+    level = log_level or config.logging.level
+    set_level(level)
+    fmt = log_format or config.logging.format
+    if fmt != "json" and level == "info":
+        return None
+    stream = sys.stdout
+    inner = json_observer(stream) if fmt == "json" else textFileLogObserver(stream)
+    return FilteringLogObserver(inner, [level_filter])
 
 
 class NodeLogger(Logger):
