@@ -188,13 +188,22 @@ class ClusterNode(MultiService):
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         """
-        Leave the cluster gracefully, then stop everything.
+        Leave the cluster gracefully (waiting at most C{dead_after} for the
+        coordinator to confirm: the others would notice the departure by
+        then anyway), then stop everything.
         """
         if self.membership.joined:
+            leaving = self.membership.leave()
+            bound = self.reactor.callLater(
+                self.config.failure_detector.dead_after,
+                lambda: leaving.called or leaving.callback(None),
+            )
             try:
-                yield self.membership.leave()
+                yield leaving
             except Exception:
                 log.failure("graceful leave failed")
+            if bound.active():
+                bound.cancel()
         yield super().stopService()
         self.membership.stop()
         self.messenger.stop()
