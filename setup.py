@@ -17,7 +17,14 @@ EXTRAS = {
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "fuzz" for req in reqs})
 EXTRAS["test"] = sorted(
     set(EXTRAS["all"])
-    | {"hypothesis>=6.100", "pysyncobj>=0.3.12", "playwright>=1.44", "sphinx>=7.2", "myst-parser>=3"}
+    | {
+        "hypothesis>=6.100",
+        "pysyncobj>=0.3.12",
+        "playwright>=1.44",
+        "sphinx>=7.2",
+        "myst-parser>=3",
+        "atheris>=2.3",
+    }
 )
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "mypy-zope>=1.0", "types-PyYAML"]
 EXTRAS["docs"] = ["sphinx>=7.2", "myst-parser>=3"]

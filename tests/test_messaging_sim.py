@@ -345,3 +345,27 @@ class SizeAndBackPressureTests(SynchronousTestCase):
         full = [f for f in results if f.check(QueueFull)]
         self.assertEqual(len(full), 4)
         self.assertIn("n2", str(full[0].value))
+
+
+class ForgedTotalOrderTests(SynchronousTestCase):
+    """
+    Only an epoch's coordinator may sequence, flush or open it.
+    """
+
+    def test_member_cannot_inject_positions(self) -> None:
+        cluster, checker, _ = formed(seed=6)
+        received = collect(cluster)
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        forged = ["n1:0:999", "n1", "t", "forged", None]
+        n1 = cluster.nodes["n1"].messenger
+        n1._send_control("n2", {"k": "ts", "e": [view.epoch, 1, *forged]})
+        n1._send_control("n2", {"k": "tq", "epoch": view.epoch + 5})
+        n1._send_control("n2", {"k": "to", "epoch": view.epoch + 5, "fill": []})
+        cluster.run(1)
+        self.assertEqual(received["n2"], [])
+        # The real order still works on n2.
+        cluster.nodes["n3"].broadcast("t", "real", order="total")
+        cluster.run(1)
+        self.assertEqual([m.body for m in received["n2"]], ["real"])
+        checker.assert_ok()

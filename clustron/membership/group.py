@@ -29,6 +29,7 @@ How it keeps its promises (DESIGN section 4):
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -69,6 +70,13 @@ Send = Callable[[str, int, Any, bool], bool]
 # dead_after, before the coordinator reaps them.
 _REAP_FACTOR = 10
 _MAX_PENDING_ADMIN = 64
+_MAX_ADMIN_TEXT = 256
+#: Incarnations go into views: the range L{Member.from_dict} accepts.
+_MAX_INCARNATION = 2**63
+#: Probe nonces are drawn from 32 random bits.
+_MAX_NONCE = 2**32
+#: The largest time (seconds) a heartbeat may carry.
+_MAX_SECONDS = 1e12
 _VOTE_MEMORY = 8
 
 
@@ -441,7 +449,21 @@ class Membership:
         for transition in self.detector.check(now):
             self._on_transition(transition, now)
         self._evaluate(now)
+        self._forget_strangers(now)
         self._schedule_tick()
+
+    def _forget_strangers(self, now: float) -> None:
+        """
+        Forget what peers outside the view said, once they are gone and
+        silent for long, so that peers that come and go under ever new ids
+        do not pile up.
+        """
+        connected = self._connected()
+        listed = {m.node_id for m in self.view.members} if self.view is not None else set()
+        limit = _REAP_FACTOR * self.config.failure_detector.dead_after
+        for node_id, info in list(self.peers.items()):
+            if node_id not in connected and node_id not in listed and now - info.heard_at > limit:
+                del self.peers[node_id]
 
     def _soon(self) -> None:
         if self._soon_call is None and self._running:
@@ -1150,22 +1172,15 @@ class Membership:
             info.not_acting_since = self.clock.seconds()
         info.in_view = body.get("j") is True and info.view_id is not None
         incarnation = body.get("i")
-        if (
-            isinstance(incarnation, int)
-            and not isinstance(incarnation, bool)
-            and incarnation > info.incarnation
-        ):
+        if _is_incarnation(incarnation) and incarnation > info.incarnation:
             info.incarnation = incarnation
         now = info.heard_at = info.heartbeat_at = self.clock.seconds()
-        sent, echoed, held = body.get("t"), body.get("e"), body.get("h")
-        if isinstance(sent, (int, float)) and not isinstance(sent, bool):
-            info.last_t, info.last_t_at = float(sent), now
-        if (
-            isinstance(echoed, (int, float))
-            and isinstance(held, (int, float))
-            and not isinstance(echoed, bool)
-            and not isinstance(held, bool)
-        ):
+        # Times come from the peer: only finite numbers of a sane size (a
+        # huge int does not convert to a float; NaN cannot be echoed in JSON).
+        sent, echoed, held = (_seconds(body.get(key)) for key in ("t", "e", "h"))
+        if sent is not None:
+            info.last_t, info.last_t_at = sent, now
+        if echoed is not None and held is not None:
             rtt = now - echoed - held
             if 0 <= rtt < 60:
                 self.metrics.heartbeat_rtt.observe(rtt)
@@ -1361,7 +1376,7 @@ class Membership:
 
     def _on_alive(self, sender: str, body: dict[str, Any]) -> None:
         incarnation = body.get("incarnation")
-        if isinstance(incarnation, int) and not isinstance(incarnation, bool):
+        if _is_incarnation(incarnation):
             self._pending_alive[sender] = max(incarnation, self._pending_alive.get(sender, 0))
             self._soon()
 
@@ -1405,30 +1420,37 @@ class Membership:
     def _on_probe_req(self, sender: str, body: dict[str, Any]) -> None:
         target = body.get("target")
         nonce = body.get("nonce")
-        if isinstance(target, str) and isinstance(nonce, int) and target in self._connected():
+        if isinstance(target, str) and _is_nonce(nonce) and target in self._connected():
             self._send_control(target, {"k": "probe", "nonce": nonce, "origin": sender})
 
     def _on_probe(self, sender: str, body: dict[str, Any]) -> None:
-        self._send_control(
-            sender, {"k": "probe_ack", "nonce": body.get("nonce"), "origin": body.get("origin")}
-        )
+        # Both fields are sent back: only what this node could have sent.
+        nonce, origin = body.get("nonce"), body.get("origin")
+        if not _is_nonce(nonce) or not isinstance(origin, str):
+            raise ProtocolViolation("malformed", "bad probe")
+        self._send_control(sender, {"k": "probe_ack", "nonce": nonce, "origin": origin})
 
     def _on_probe_ack(self, sender: str, body: dict[str, Any]) -> None:
         origin = body.get("origin")
         target = body.get("target")
         if isinstance(origin, str) and origin != self.node_id and target is None:
             # We probed for `origin`: relay the answer.
-            self._send_control(
-                origin, {"k": "probe_ack", "nonce": body.get("nonce"), "target": sender}
-            )
+            nonce = body.get("nonce")
+            if not _is_nonce(nonce):
+                raise ProtocolViolation("malformed", "bad probe answer")
+            self._send_control(origin, {"k": "probe_ack", "nonce": nonce, "target": sender})
         elif isinstance(target, str):
             self.detector.heard(target, self.clock.seconds(), via=sender)
 
     def _on_admin(self, sender: str, body: dict[str, Any]) -> None:
         request_id = body.get("id")
-        if not isinstance(request_id, str):
+        if not isinstance(request_id, str) or len(request_id) > _MAX_ADMIN_TEXT:
             raise ProtocolViolation("malformed", "admin request without id")
-        d = self._admin_local(str(body.get("op")), body.get("target"), str(body.get("by", sender)))
+        if self.view is None or not self.view.is_active_member(sender):
+            # Members forward operators' requests; nobody else may ask.
+            raise ProtocolViolation("not_a_member", f"admin request from non-member {sender}")
+        by = str(body.get("by", sender))[:_MAX_ADMIN_TEXT]
+        d = self._admin_local(str(body.get("op"))[:_MAX_ADMIN_TEXT], body.get("target"), by)
 
         def reply(result: Any) -> None:
             if isinstance(result, dict):
@@ -1783,6 +1805,33 @@ class Membership:
                 if m.node_id != self.node_id and m.active
             }
         self._set_view_addresses(current | {parsed})
+
+
+def _is_incarnation(value: Any) -> bool:
+    """
+    Whether a peer-sent C{value} is an incarnation a view may carry.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INCARNATION
+
+
+def _is_nonce(value: Any) -> bool:
+    """
+    Whether a peer-sent C{value} is a probe nonce this node could have drawn.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_NONCE
+
+
+def _seconds(value: Any) -> float | None:
+    """
+    A peer-sent time as a float, or None unless it is a finite number of at
+    most L{_MAX_SECONDS} in size.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and abs(value) > _MAX_SECONDS:
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and abs(seconds) <= _MAX_SECONDS else None
 
 
 def _split(address: str) -> tuple[str, int]:

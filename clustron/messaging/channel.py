@@ -685,8 +685,15 @@ class Messenger:
         envelope["id"] = str(msg_id)
         kind = envelope.get("k")
         # Acknowledgements waiting for this peer ride along (piggybacking):
-        # a reply acknowledges its request, the next request the reply.
-        acks = self._receiver.take(to)
+        # a reply acknowledges its request, the next request the reply. Only
+        # on a message that leaves now: one waiting for an in-flight slot
+        # must not hold acknowledgements back (the peer's window may be
+        # waiting for them).
+        leaves_now = not reliable or (
+            self._sender.pending(to) == 0
+            and self._sender.in_flight(to) < self.config.messaging.max_in_flight
+        )
+        acks = self._receiver.take(to) if leaves_now else []
         if acks:
             envelope[ACKS_KEY] = [str(ack) for ack in acks]
         if not reliable:

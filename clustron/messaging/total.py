@@ -46,7 +46,17 @@ FLUSH_REPLY = "tr"
 OPEN = "to"
 ALREADY = "tk"
 
+#: How many epochs' coordinators a node remembers (to tell who may sequence).
+_EPOCHS_REMEMBERED = 16
+
 KINDS = frozenset({FORWARD, SEQUENCED, FLUSH_REQUEST, FLUSH_REPLY, OPEN, ALREADY})
+
+
+def _is_position_number(value: Any) -> bool:
+    """
+    Whether a peer-sent C{value} is an epoch or sequence number.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
 
 
 @attrs.frozen
@@ -86,9 +96,8 @@ class Entry:
         if not isinstance(data, list) or len(data) != 7:
             raise ProtocolViolation("malformed_total", "bad total-order entry")
         epoch, seq, msg_id, origin, topic, body, trace = data
-        for value in (epoch, seq):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
-                raise ProtocolViolation("malformed_total", "bad position")
+        if not (_is_position_number(epoch) and _is_position_number(seq)):
+            raise ProtocolViolation("malformed_total", "bad position")
         if not all(isinstance(v, str) for v in (msg_id, origin, topic)):
             raise ProtocolViolation("malformed_total", "bad entry fields")
         if trace is not None and not isinstance(trace, dict):
@@ -144,6 +153,7 @@ class TotalOrder:
         self._forwarded: OrderedDict[str, _Pending] = OrderedDict()
         # Sequencer side.
         self.coordinator: str | None = None
+        self._coordinators: OrderedDict[int, str] = OrderedDict()
         self._members: tuple[str, ...] = ()
         self._acting = False
         self._seq_epoch: int | None = None
@@ -226,6 +236,9 @@ class TotalOrder:
         """
         previous = self.coordinator
         self.coordinator = coordinator
+        self._coordinators[epoch] = coordinator
+        while len(self._coordinators) > _EPOCHS_REMEMBERED:
+            self._coordinators.popitem(last=False)
         self._members = tuple(sorted(members))
         was_acting = self._acting
         self._acting = acting and coordinator == self.node_id
@@ -252,17 +265,39 @@ class TotalOrder:
         if kind == FORWARD:
             self._on_forward(sender, body)
         elif kind == SEQUENCED:
-            self._on_sequenced(sender, Entry.from_wire(body.get("e")))
+            entry = Entry.from_wire(body.get("e"))
+            if self._from_coordinator(sender, entry.epoch, kind):
+                self._on_sequenced(sender, entry)
         elif kind == FLUSH_REQUEST:
-            self._on_flush_request(sender, body)
+            if self._from_coordinator(sender, body.get("epoch"), kind):
+                self._on_flush_request(sender, body)
         elif kind == FLUSH_REPLY:
             self._on_flush_reply(sender, body)
         elif kind == OPEN:
-            self._on_open(sender, body)
+            if self._from_coordinator(sender, body.get("epoch"), kind):
+                self._on_open(sender, body)
         elif kind == ALREADY:
-            self._on_already(body)
+            if sender in self._coordinators.values():
+                self._on_already(body)
         else:
             raise ProtocolViolation("malformed_total", f"unknown kind {kind!r}")
+
+    def _from_coordinator(self, sender: str, epoch: Any, kind: str) -> bool:
+        """
+        Only the coordinator of an epoch sequences, flushes and opens it:
+        anything else claiming to is dropped (a confused or hostile peer
+        must not inject or stall the total order).
+        """
+        if isinstance(epoch, int) and self._coordinators.get(epoch) == sender:
+            return True
+        self.log.info(
+            "dropped a total-order {kind} message from {sender} for epoch {epoch}: "
+            "not that epoch's coordinator",
+            kind=kind,
+            sender=sender,
+            epoch=epoch if isinstance(epoch, int) else None,
+        )
+        return False
 
     # -- sender ------------------------------------------------------------------------
 
@@ -384,17 +419,26 @@ class TotalOrder:
 
     def _on_flush_reply(self, sender: str, body: dict[str, Any]) -> None:
         flushing = self._flushing
-        if flushing is None or body.get("epoch") != flushing["epoch"]:
+        if (
+            flushing is None
+            or body.get("epoch") != flushing["epoch"]
+            or sender not in flushing["waiting"]
+        ):
             return
         entries = body.get("entries")
         last = body.get("last")
-        if not isinstance(entries, list) or not isinstance(last, list) or len(last) != 2:
+        if (
+            not isinstance(entries, list)
+            or not isinstance(last, list)
+            or len(last) != 2
+            or not all(_is_position_number(value) for value in last)
+        ):
             raise ProtocolViolation("malformed_total", "bad flush reply")
-        for data in entries:
-            entry = Entry.from_wire(data)
+        # Parse them all first: a malformed reply changes nothing.
+        for entry in [Entry.from_wire(data) for data in entries]:
             flushing["entries"].setdefault(entry.position, entry)
         if tuple(last) > flushing["last"]:
-            flushing["last"] = (int(last[0]), int(last[1]))
+            flushing["last"] = (last[0], last[1])
         flushing["waiting"].discard(sender)
         self._check_flush_complete()
 

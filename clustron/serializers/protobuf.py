@@ -105,7 +105,11 @@ class ProtobufSerializer:
         """
         struct_pb2 = _struct_pb2()
         value = struct_pb2.Value()
-        _to_value(obj, value)
+        try:
+            _to_value(obj, value)
+        except UnicodeEncodeError as e:
+            # Text protobuf cannot carry as UTF-8 (a lone surrogate).
+            raise SerializationError(f"protobuf cannot encode this text: {e}") from None
         data: bytes = value.SerializeToString()
         return data
 

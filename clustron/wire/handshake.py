@@ -33,6 +33,22 @@ SIGNING_MISMATCH = "signing_mismatch"
 TLS_IDENTITY = "tls_identity"
 MALFORMED_HELLO = "malformed_hello"
 
+#: Every rejection reason this code sends (a REJECT may carry any text: only
+#: these become metric labels, so a peer cannot grow the label set).
+REASONS = frozenset(
+    {
+        CLUSTER_ID_MISMATCH,
+        PROTOCOL_VERSION,
+        UNKNOWN_SERIALIZER,
+        DUPLICATE_NODE_ID,
+        SELF_CONNECTION,
+        SIGNING_MISMATCH,
+        TLS_IDENTITY,
+        MALFORMED_HELLO,
+    }
+)
+_MAX_REASON = 64
+
 
 @attrs.frozen
 class Hello:
@@ -208,7 +224,7 @@ class Reject:
         reason = data.get("reason")
         detail = data.get("detail")
         return cls(
-            reason if isinstance(reason, str) else "unknown",
+            reason[:_MAX_REASON] if isinstance(reason, str) else "unknown",
             detail[:_MAX_TEXT] if isinstance(detail, str) else "",
         )
 

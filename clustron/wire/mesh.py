@@ -24,11 +24,12 @@ from twisted.python.failure import Failure
 
 from clustron.backoff import Backoff
 from clustron.config import NodeConfig
-from clustron.errors import QueueFull, UnknownMember
+from clustron.errors import QueueFull, SerializationError, UnknownMember
 from clustron.interfaces import ISerializer, ITransportPlugin
 from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import (
+    FRAME_TYPE_NAMES,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Crc32,
@@ -38,6 +39,7 @@ from clustron.wire.framing import (
 )
 from clustron.wire.handshake import (
     DUPLICATE_NODE_ID,
+    REASONS,
     SELF_CONNECTION,
     TLS_IDENTITY,
     Hello,
@@ -377,7 +379,8 @@ class Mesh:
                 self._self_addresses.add(protocol.dial_address)
                 self._sync_dialers()
             return
-        self.metrics.handshake_rejections.labels(reject.reason, "peer").inc()
+        label = reject.reason if reject.reason in REASONS else "other"
+        self.metrics.handshake_rejections.labels(label, "peer").inc()
         self.log.warn(
             "peer at {peer_address} refused our handshake: {reason}: {detail}",
             peer_address=str(protocol.dial_address or protocol.transport.getPeer()),
@@ -503,6 +506,10 @@ class Mesh:
                 self._dial_soon(dialer, 0.0)
             else:
                 self._retry(dialer)
+        elif address is not None and hello.node_id not in self.peers:
+            # Not an address this node wants to stay connected to: forget
+            # it, or peers that come and go under ever new ids pile up.
+            del self._address_of[hello.node_id]
 
     def _admit_inbound(self, host: str) -> bool:
         pending = self._pending_inbound.get(host, 0)
@@ -539,11 +546,20 @@ class Mesh:
 
     def try_send(self, node_id: str, frame_type: int, body: Any, priority: bool = False) -> bool:
         """
-        Like L{send}, but report failure by returning False.
+        Like L{send}, but report failure by returning False (a body that
+        cannot be encoded is logged: the caller, often a timer, carries on).
         """
         try:
             self.send(node_id, frame_type, body, priority)
         except (UnknownMember, QueueFull):
+            return False
+        except SerializationError as e:
+            self.log.error(
+                "could not encode a {frame_type} frame to {peer_node}: {error}",
+                frame_type=FRAME_TYPE_NAMES.get(frame_type, str(frame_type)),
+                peer_node=node_id,
+                error=str(e),
+            )
             return False
         return True
 
