@@ -135,11 +135,11 @@ def envelope_id(envelope: object) -> MessageId:
 class _Outgoing:
     __slots__ = ("to", "msg_id", "envelope", "deferred", "backoff", "timer", "done")
 
-    def __init__(self, to: str, msg_id: MessageId, envelope: Envelope, backoff: Backoff) -> None:
+    def __init__(self, to: str, msg_id: MessageId, envelope: Envelope) -> None:
         self.to = to
         self.msg_id = msg_id
         self.envelope = envelope
-        self.backoff = backoff
+        self.backoff: Backoff | None = None  # made at the first transmission
         self.deferred: Deferred[None] | None = None
         self.timer: IDelayedCall | None = None
         self.done = False
@@ -268,12 +268,7 @@ class ReliableSender:
                     " (max_pending)"
                 )
             )
-        outgoing = _Outgoing(
-            to,
-            msg_id,
-            envelope,
-            Backoff(self._retry_initial, self._retry_max, self._rng, jitter="equal"),
-        )
+        outgoing = _Outgoing(to, msg_id, envelope)
         deferred: Deferred[None] = Deferred(lambda d: self._cancel(outgoing))
         outgoing.deferred = deferred
         if len(peer.in_flight) < self._max_in_flight:
@@ -359,10 +354,15 @@ class ReliableSender:
             )
         # send() may have led to the acknowledgement already (a loopback).
         if not outgoing.done:
+            if outgoing.backoff is None:
+                outgoing.backoff = Backoff(
+                    self._retry_initial, self._retry_max, self._rng, jitter="equal"
+                )
             delay = outgoing.backoff.next_delay()
             outgoing.timer = self._clock.callLater(delay, self._retransmit, outgoing)
 
     def _retransmit(self, outgoing: _Outgoing) -> None:
+        assert outgoing.backoff is not None
         outgoing.timer = None
         self.retransmissions += 1
         log.debug(
@@ -517,6 +517,26 @@ class ReliableReceiver:
         batches, self._batches, self._batched = self._batches, {}, 0
         for to, ids in batches.items():
             self._transmit(to, ids)
+
+    def take(self, to: str) -> list[MessageId]:
+        """
+        Remove the acknowledgements batched for C{to} and return them, for
+        the caller to carry in a message it is about to send there
+        (piggybacking) instead of in an acknowledgement of their own. The
+        caller must then deliver them as dependably as a batch would have
+        been.
+
+        @return: the ids, oldest first (empty when none wait).
+        """
+        ids = self._batches.pop(to, None)
+        if not ids:
+            return []
+        self._batched -= len(ids)
+        if not self._batches and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        return ids
 
     def stop(self) -> None:
         """
