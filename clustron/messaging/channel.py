@@ -256,19 +256,20 @@ class Messenger:
         timeout = self.config.messaging.request_timeout if timeout is None else timeout
         msg_id = self._ids.next_id()
         correlation = str(msg_id)
-        span = tracing.tracer.start_span(
-            "clustron.request",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "clustron.topic": topic,
-                "clustron.peer": to,
-                "clustron.message_id": correlation,
-            },
-        )
         carrier: dict[str, str] = {}
-        tracing.inject(carrier, otel_trace.set_span_in_context(span))
         d: Deferred[Any] = Deferred(lambda _: self._forget_request(correlation))
-        d.addBoth(_end_span, span)
+        if tracing.active():
+            span = tracing.tracer.start_span(
+                "clustron.request",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "clustron.topic": topic,
+                    "clustron.peer": to,
+                    "clustron.message_id": correlation,
+                },
+            )
+            tracing.inject(carrier, otel_trace.set_span_in_context(span))
+            d.addBoth(_end_span, span)
 
         def timed_out() -> None:
             entry = self._requests.pop(correlation, None)
@@ -322,14 +323,15 @@ class Messenger:
         msg_id = self._ids.next_id()
         self._notify("broadcast", id=str(msg_id), order=order, topic=topic)
         carrier: dict[str, str] = {}
-        with tracing.span(
-            "clustron.broadcast",
-            kind=SpanKind.PRODUCER,
-            topic=topic,
-            order=order,
-            message_id=str(msg_id),
-        ):
-            tracing.inject(carrier)
+        if tracing.active():
+            with tracing.span(
+                "clustron.broadcast",
+                kind=SpanKind.PRODUCER,
+                topic=topic,
+                order=order,
+                message_id=str(msg_id),
+            ):
+                tracing.inject(carrier)
         if order == "total":
             try:
                 self._check_size({"k": "tf", "t": topic, "b": body})
@@ -548,15 +550,18 @@ class Messenger:
         self._notify(
             "deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position
         )
-        with tracing.span(
-            "clustron.handle",
-            context=tracing.extract(trace) if trace is not None else None,
-            kind=SpanKind.SERVER if correlation is not None else SpanKind.CONSUMER,
-            topic=topic,
-            order=order,
-            sender=sender,
-            message_id=str(msg_id),
-        ):
+        if tracing.active():
+            with tracing.span(
+                "clustron.handle",
+                context=tracing.extract(trace) if trace is not None else None,
+                kind=SpanKind.SERVER if correlation is not None else SpanKind.CONSUMER,
+                topic=topic,
+                order=order,
+                sender=sender,
+                message_id=str(msg_id),
+            ):
+                d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
+        else:
             d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
         if correlation is not None:
             d.addBoth(lambda result: self._reply(sender, correlation, result))

@@ -133,6 +133,15 @@ class MessageIdSource:
         @return: a new id, one above the previous.
         @raise ValueError: when the counter would pass 2**64-1.
         """
-        msg_id = MessageId(self.node_id, self.incarnation, self._next)
-        self._next += 1
+        counter = self._next
+        if counter > MAX_NUMBER:
+            raise ValueError(f"message id counter must be between 0 and 2**64-1, not {counter}")
+        # The node id and incarnation were validated once, in __init__, and
+        # the counter just now: skip the validators, which cost more than
+        # the rest of creating an id (one id per message sent).
+        msg_id = object.__new__(MessageId)
+        object.__setattr__(msg_id, "node_id", self.node_id)
+        object.__setattr__(msg_id, "incarnation", self.incarnation)
+        object.__setattr__(msg_id, "counter", counter)
+        self._next = counter + 1
         return msg_id

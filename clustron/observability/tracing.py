@@ -48,6 +48,19 @@ TRACER_NAME = "clustron"
 #: Clustron's tracer. It follows whichever tracer provider is installed
 #: globally (a no-op until one is), so it may be imported and used anywhere.
 tracer: trace.Tracer = trace.get_tracer(TRACER_NAME, __version__)
+_DEFAULT_TRACER = tracer
+
+
+def active() -> bool:
+    """
+    Whether spans go anywhere: a tracer provider is installed globally (by
+    L{configure_tracing} or by the embedding program), or L{tracer} was
+    replaced. Hot paths skip building spans when this is False, since the
+    no-op spans of the API still cost time per message.
+    """
+    if tracer is not _DEFAULT_TRACER:
+        return True
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 #: The prefix given to the keyword attributes of L{span}.
 ATTRIBUTE_PREFIX = "clustron."
