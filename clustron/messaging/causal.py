@@ -241,6 +241,7 @@ class CausalReceiver:
         self._buffer: dict[str, dict[int, tuple[VectorClock, Any]]] = {}
         self._buffered = 0
         self._forgotten: OrderedDict[str, None] = OrderedDict()
+        self._floors: dict[str, int] = {}
         #: How many buffered broadcasts L{forget} dropped (a metric).
         self.dropped = 0
 
@@ -311,6 +312,30 @@ class CausalReceiver:
         self._buffered += 1
         return Arrival(True, BUFFERED)
 
+    def skip(self, node: str, upto: int) -> tuple[Any, ...]:
+        """
+        C{node}'s broadcasts numbered up to C{upto} that this receiver has
+        not received by now will never reach it: they were sent while it was
+        not a member. (The sender says so on the FIFO stream it shares with
+        this receiver, so everything it did send here came first.) Stop
+        waiting for them; broadcasts already buffered are still delivered in
+        order.
+
+        @return: the payloads of buffered broadcasts now deliverable, in a
+            causal order.
+        """
+        if node in self._forgotten or upto <= self._local.get(node, 0):
+            return ()
+        if (
+            node not in self._local
+            and len(self._local.keys() | self._buffer.keys()) >= self._max_members
+        ):
+            return ()
+        self._floors[node] = max(self._floors.get(node, 0), upto)
+        deliver: list[Any] = []
+        self._cascade(deliver)
+        return tuple(deliver)
+
     def forget(self, node: str) -> tuple[Any, ...]:
         """
         C{node} was removed from the view: drop its entry and its buffered
@@ -325,6 +350,7 @@ class CausalReceiver:
         while len(self._forgotten) > self._max_forgotten:
             self._forgotten.popitem(last=False)
         self._local.pop(node, None)
+        self._floors.pop(node, None)
         dropped = len(self._buffer.pop(node, {}))
         self._buffered -= dropped
         self.dropped += dropped
@@ -353,6 +379,16 @@ class CausalReceiver:
         progress = True
         while progress:
             progress = False
+            for node, floor in list(self._floors.items()):
+                # Skip numbers that will never come (see skip()); a buffered
+                # one below the floor is delivered instead, in its turn.
+                local = self._local.get(node, 0)
+                while local < floor and local + 1 not in self._buffer.get(node, ()):
+                    local += 1
+                    progress = True
+                self._local[node] = local
+                if local >= floor:
+                    del self._floors[node]
             for sender in list(self._buffer):
                 waiting = self._buffer[sender]
                 number = self._local.get(sender, 0) + 1

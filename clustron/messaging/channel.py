@@ -150,9 +150,16 @@ class Messenger:
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
-        self._causal_key = f"{node_id}:{incarnation}"
+        # Causal order: each life of this node in the group (each join) is a
+        # key of its own in the vector clocks, so a member that was dropped
+        # and came back starts a new entry rather than reusing one others
+        # have forgotten.
+        self._causal_joins = 0
+        self._causal_key = f"{node_id}:{incarnation}:0"
         self._causal_in = CausalReceiver()
         self._causal_out = CausalBroadcaster(self._causal_key, self._causal_in)
+        self._causal_keys: dict[str, set[str]] = {}
+        self._member_lives: dict[str, int] = {}
         self.total = total.TotalOrder(
             node_id,
             clock,
@@ -344,6 +351,7 @@ class Messenger:
         if order == "causal":
             stamp = self._causal_out.stamp()
             envelope["vc"] = stamp.to_wire()
+            envelope["ck"] = self._causal_key
             self._later(
                 self._deliver_causal, self._causal_key, stamp, (self.node_id, msg_id, envelope)
             )
@@ -373,6 +381,24 @@ class Messenger:
         forget their streams.
         """
         members = frozenset(view.active_ids()) if view is not None else frozenset()
+        # Causal bookkeeping follows the views this node is in: a member that
+        # left will never complete its entries, so stop waiting for them (one
+        # that comes back in a new life announces its new key with a
+        # baseline, and its old keys are forgotten then). While this node is
+        # itself out of the group it keeps what it knew, and compares when
+        # it is back.
+        arrived: list[str] = []
+        if view is not None and view.is_active_member(self.node_id):
+            lives = {m.node_id: m.incarnation for m in view.active_members()}
+            arrived = sorted(
+                node
+                for node, life in lives.items()
+                if node != self.node_id and self._member_lives.get(node) != life
+            )
+            for gone in sorted(set(self._member_lives) - set(lives)):
+                for key in sorted(self._causal_keys.pop(gone, ())):
+                    self._release_causal(self._causal_in.forget(key))
+            self._member_lives = lives
         for gone in sorted(self._members - members):
             self._sender.peer_left(gone)
             self._fifo_out.forget(gone)
@@ -388,6 +414,17 @@ class Messenger:
         was_member = self.node_id in self._members
         self._members = members
         if view is not None and self.node_id in members:
+            if not was_member:
+                self._causal_joins += 1
+                self._causal_key = f"{self.node_id}:{self.incarnation}:{self._causal_joins}"
+                self._causal_out = CausalBroadcaster(self._causal_key, self._causal_in)
+                arrived = sorted(members - {self.node_id})
+            # Tell each member that (re)appeared where this node's causal
+            # broadcasts to it begin: on the FIFO stream, before any of them.
+            for node in arrived:
+                self._send_control(
+                    node, {"k": "cb", "ck": self._causal_key, "n": self._causal_out.sent}
+                )
             self.total.view_changed(view.coordinator, view.epoch, members, acting)
             if not was_member:
                 self.total.joined_view()
@@ -474,15 +511,33 @@ class Messenger:
         if kind == "r":
             self._on_response(sender, envelope)
             return
+        if kind == "cb":
+            key, upto = envelope.get("ck"), envelope.get("n")
+            if (
+                not isinstance(upto, int)
+                or isinstance(upto, bool)
+                or not 0 <= upto < 2**62
+                or not self._is_causal_key(sender, key)
+            ):
+                raise ProtocolViolation("malformed_message", "bad causal baseline")
+            for old_key in sorted(self._causal_keys.get(sender, set()) - {key}):
+                # An earlier life of the sender: it will never complete.
+                self._causal_keys[sender].discard(old_key)
+                self._release_causal(self._causal_in.forget(old_key))
+            self._note_causal_key(sender, key)
+            self._release_causal(self._causal_in.skip(key, upto))
+            return
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
             raise ProtocolViolation("malformed_message", "bad topic")
         _counter(self._received_counters, self.metrics.messages_received, kind).inc()
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
-            self._deliver_causal(
-                f"{sender}:{msg_id.incarnation}", stamp, (sender, msg_id, envelope)
-            )
+            key = envelope.get("ck")
+            if not self._is_causal_key(sender, key):
+                raise ProtocolViolation("malformed_message", "bad causal key")
+            self._note_causal_key(sender, key)
+            self._deliver_causal(key, stamp, (sender, msg_id, envelope))
             return
         if kind not in ("m", "b"):
             raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
@@ -502,13 +557,26 @@ class Messenger:
             return
         self._handle(self.node_id, msg_id, kind, topic, body, None)
 
+    @staticmethod
+    def _is_causal_key(sender: str, key: Any) -> bool:
+        # A sender speaks only for its own lives.
+        return isinstance(key, str) and len(key) <= 160 and key.startswith(sender + ":")
+
+    def _note_causal_key(self, sender: str, key: str) -> None:
+        keys = self._causal_keys.setdefault(sender, set())
+        if key not in keys and len(keys) < 16:
+            keys.add(key)
+
     def _deliver_causal(
         self, key: str, stamp: VectorClock, payload: tuple[str, MessageId, dict[str, Any]]
     ) -> None:
         arrival = self._causal_in.receive(key, stamp, payload)
         if not arrival.taken:
             self.log.warn("causal buffer full: dropped a broadcast from {key}", key=key)
-        for sender, msg_id, envelope in arrival.deliver:
+        self._release_causal(arrival.deliver)
+
+    def _release_causal(self, delivered: Any) -> None:
+        for sender, msg_id, envelope in delivered:
             self._handle(
                 sender,
                 msg_id,
