@@ -13,7 +13,7 @@ promises of DESIGN section 4 after every event:
 L{MessagingChecker} does the same for DESIGN section 5 (no duplicate
 delivery, FIFO, causal order, one message per total-order position, no
 gaps) and, given the nodes, checks that only the acting coordinator of an
-epoch sequences total order in it, and only with a majority.
+epoch sequences total order in it.
 
 Violations are collected as strings (so a seed sweep can print them all);
 C{assert_ok} raises with every one of them. Liveness (what must eventually
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
 from clustron.membership.view import View
 
 __all__ = ["InvariantViolation", "MembershipChecker", "MessagingChecker"]
@@ -33,6 +35,10 @@ class InvariantViolation(AssertionError):
     """
     A promise was broken; the message lists every violation.
     """
+
+
+def _show_members(members: tuple[tuple[str, int], ...]) -> str:
+    return "[" + ", ".join(f"{node}#{incarnation}" for node, incarnation in members) + "]"
 
 
 class MembershipChecker:
@@ -50,8 +56,16 @@ class MembershipChecker:
         in the order installed.
     """
 
-    def __init__(self, majority: bool = True) -> None:
+    def __init__(self, majority: bool = True, clock: IReactorTime | None = None) -> None:
+        """
+        @param majority: hold every install to a majority of the previous
+            view, whatever quorum the nodes are configured with.
+        @param clock: the simulation's clock, whose time stamps violations
+            and L{installed}; without it, the observing node's own clock is
+            used (which clock skew offsets).
+        """
         self.majority = majority
+        self.clock = clock
         self.violations: list[str] = []
         self.coordinators: dict[int, str] = {}
         self.installed: list[tuple[float, View]] = []
@@ -73,7 +87,7 @@ class MembershipChecker:
         node.membership.observers.append(observe)
 
     def _observe(self, key: int, node_id: str, kind: str, fields: dict[str, Any]) -> None:
-        time = fields.get("time", 0.0)
+        time = self.clock.seconds() if self.clock is not None else fields.get("time", 0.0)
         if kind == "elected":
             self._claim(fields["epoch"], node_id, time)
         elif kind == "install":
@@ -86,7 +100,8 @@ class MembershipChecker:
             if not fields["acting"] or fields["present"] < required:
                 self.violations.append(
                     f"t={time:.3f} {node_id} installed view {view.epoch}.{view.seq} without quorum "
-                    f"({fields['present']} of {fields['base']} reachable, {required} needed)"
+                    f"({fields['present']} of {fields['base']} reachable, {required} needed): "
+                    "split brain possible"
                 )
             self._same_members(view, node_id, time)
         elif kind == "accept":
@@ -112,7 +127,7 @@ class MembershipChecker:
         if known != members:
             self.violations.append(
                 f"t={time:.3f} view {view.epoch}.{view.seq} at {node_id} has members "
-                f"{[m for m, _ in members]}, elsewhere {[m for m, _ in known]}"
+                f"{_show_members(members)}, elsewhere {_show_members(known)}"
             )
 
     @property
@@ -140,27 +155,31 @@ class MessagingChecker:
     - causal: a causal broadcast is delivered only after everything that
       happened before it (happens-before is computed here, from what each
       sender had delivered when it broadcast, not taken from the nodes);
-    - total: one message per position everywhere, and each node delivers
-      positions in increasing order without gaps inside an epoch;
-    - sequencing: only a node that coordinates the position's epoch with
-      quorum (as its membership says at that moment; with C{majority}, a
-      majority of its view's active members reachable) assigns a position,
-      and, given the L{MembershipChecker}, no other node coordinates that
-      epoch.
+    - total: one message per position everywhere, one position per
+      message everywhere, and each node delivers
+      positions in increasing order, without gaps inside an epoch unless it
+      left the view in between (a node that rejoins starts where the
+      sequence then stands);
+    - sequencing: only a node that coordinates the position's epoch and is
+      acting (has quorum and is not stepping down, as its membership says at
+      that moment) assigns a position, and, given the L{MembershipChecker},
+      no other node coordinates that epoch.
 
     @ivar violations: every violation found, in the order found.
     @ivar delivered: per node id, the message ids delivered, in order.
     """
 
-    def __init__(self, majority: bool = True, membership: MembershipChecker | None = None) -> None:
+    def __init__(
+        self, membership: MembershipChecker | None = None, clock: IReactorTime | None = None
+    ) -> None:
         """
-        @param majority: whether sequencing needs a majority of the
-            sequencer's view whatever quorum the nodes are configured with.
         @param membership: the membership checker whose epoch coordinators
             sequencers are compared with, if any.
+        @param clock: the simulation's clock, whose time stamps violations;
+            without it, the observing node's own clock is used.
         """
-        self.majority = majority
         self.membership = membership
+        self.clock = clock
         self.violations: list[str] = []
         self.delivered: dict[str, list[str]] = {}
         self.sent: dict[str, tuple[str, str]] = {}
@@ -169,7 +188,9 @@ class MessagingChecker:
         self._past: dict[str, frozenset[str]] = {}
         self._history: dict[int, set[str]] = {}
         self._at_position: dict[tuple[int, int], str] = {}
+        self._position_of: dict[str, tuple[int, int]] = {}
         self._last_position: dict[int, tuple[int, int]] = {}
+        self._rejoined: set[int] = set()
         self.total_log: dict[int, list[tuple[tuple[int, int], str]]] = {}
 
     def attach(self, node: Any) -> None:
@@ -188,10 +209,18 @@ class MessagingChecker:
                 self._sequenced(node, fields)
             self._observe(key, node_id, kind, fields)
 
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "left_cluster":
+                # When it joins again it starts where the sequence stands.
+                self._rejoined.add(key)
+
         node.messenger.observers.append(observe)
+        subscribe = getattr(node, "subscribe", None)
+        if subscribe is not None:
+            subscribe(on_event)
 
     def _sequenced(self, node: Any, fields: dict[str, Any]) -> None:
-        time = fields["time"]
+        time = self._time(fields)
         position = fields["position"]
         pos = (position.epoch, position.seq)
         membership = node.membership
@@ -206,20 +235,16 @@ class MessagingChecker:
             )
         if not membership.acting:
             self.violations.append(f"{where} while not acting (no quorum, or stepping down)")
-        if self.majority:
-            base = len(view.active_members())
-            present = len(membership.reachable_members())
-            if present < base // 2 + 1:
-                self.violations.append(
-                    f"{where} without a majority ({present} of {base} reachable)"
-                )
         if self.membership is not None:
             holder = self.membership.coordinators.get(pos[0])
             if holder is not None and holder != node.node_id:
                 self.violations.append(f"{where}, but {holder} coordinates epoch {pos[0]}")
 
+    def _time(self, fields: dict[str, Any]) -> float:
+        return self.clock.seconds() if self.clock is not None else fields["time"]
+
     def _observe(self, key: int, node_id: str, kind: str, fields: dict[str, Any]) -> None:
-        time = fields["time"]
+        time = self._time(fields)
         msg_id = fields["id"]
         if kind == "broadcast":
             self.sent[msg_id] = (node_id, fields["order"])
@@ -264,11 +289,23 @@ class MessagingChecker:
                     f"t={time:.3f} {node_id} delivered {msg_id} at {pos}, where {holder} "
                     "was delivered elsewhere (total order broken)"
                 )
-            last = self._last_position.get(key)
-            if last is not None and (pos <= last or (pos[0] == last[0] and pos[1] != last[1] + 1)):
+            placed = self._position_of.setdefault(msg_id, pos)
+            if placed != pos:
                 self.violations.append(
-                    f"t={time:.3f} {node_id} delivered position {pos} after {last} "
-                    "(gap or regression)"
+                    f"t={time:.3f} {node_id} delivered {msg_id} at {pos}, but it was delivered "
+                    f"at {placed} elsewhere (total order broken: sequenced twice)"
+                )
+            last = self._last_position.get(key)
+            rejoined = key in self._rejoined
+            self._rejoined.discard(key)
+            if last is not None and pos <= last:
+                self.violations.append(
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last} (regression)"
+                )
+            elif last is not None and not rejoined and pos[0] == last[0] and pos[1] != last[1] + 1:
+                self.violations.append(
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last} without "
+                    "leaving the view in between (gap)"
                 )
             self._last_position[key] = pos
             self.total_log[key].append((pos, msg_id))

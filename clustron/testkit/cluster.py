@@ -22,9 +22,11 @@ a new identity comes back at the same address, as a re-imaged machine would
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+from clustron import plugins
 from clustron.config import NodeConfig
 from clustron.node import ClusterNode
 from clustron.testkit.simnet import Delay, SimClock, SimHost, SimNetwork
@@ -92,6 +94,7 @@ class SimCluster:
         self.retired: set[str] = set()
         self._node_hooks: list[Callable[[ClusterNode], None]] = []
         self._wipes = 0
+        self._plugin_cache: dict[str, dict[str, Any]] = {}
 
     # -- addresses and config ------------------------------------------------
 
@@ -104,6 +107,18 @@ class SimCluster:
             return known
         index = int(node_id[1:])
         return f"10.0.{index // 250}.{index % 250}"
+
+    def current(self, node_id: str) -> str:
+        """
+        The id of the node that lives at C{node_id}'s address now: C{node_id}
+        itself, or the identity a wiped restart gave that address last.
+        """
+        address = self.host_of(node_id)
+        newest = node_id
+        for candidate in self.node_ids:
+            if self.host_of(candidate) == address:
+                newest = candidate
+        return newest
 
     def host(self, node_id: str) -> SimHost:
         """
@@ -140,11 +155,34 @@ class SimCluster:
             hook(node)
 
     def _make(self, node_id: str) -> ClusterNode:
-        config = NodeConfig.from_dict(self.config_dict(node_id))
-        node = ClusterNode(config, reactor=self.network.host(self.host_of(node_id)))
+        with self._plugins_cached():
+            config = NodeConfig.from_dict(self.config_dict(node_id))
+            node = ClusterNode(config, reactor=self.network.host(self.host_of(node_id)))
         for hook in self._node_hooks:
             hook(node)
         return node
+
+    @contextmanager
+    def _plugins_cached(self) -> Iterator[None]:
+        """
+        While nodes are built, answer L{plugins.installed} from this
+        cluster's cache: Twisted's plugin scan costs most of a simulated
+        node's start-up, and the installed plugins do not change during a
+        simulation.
+        """
+        original = plugins.installed
+        cache = self._plugin_cache
+
+        def installed(kind: str) -> dict[str, Any]:
+            if kind not in cache:
+                cache[kind] = original(kind)
+            return dict(cache[kind])
+
+        plugins.installed = installed  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            plugins.installed = original  # type: ignore[assignment]
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -117,8 +117,10 @@ def _step_reaching(now: float, when: float) -> float:
 def _check_delay(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if callable(value):
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-        math.isfinite(value) and value >= 0
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not (math.isfinite(value) and value >= 0)
     ):
         raise ValueError(
             f"link {attribute.name} must be a finite number of seconds >= 0 or a "
@@ -202,9 +204,11 @@ class SimClock(Clock):
     cost O(log n) instead of Twisted's sort of every pending call, which is
     what makes clusters of fifty nodes (thousands of pending calls) usable.
 
-    Calls run in exactly the order L{Clock} runs them: by due time, then by
-    the order they were scheduled in (a reset call keeps its place among
-    calls due at the same time).
+    Calls run by due time, then in the order they were scheduled (a call
+    moved by C{reset} or C{delay} keeps its place among calls due at the
+    same time). That is L{Clock}'s order too, except that L{Clock} may order
+    a moved call differently among calls that end up due at the very same
+    time.
     """
 
     def __init__(self) -> None:
@@ -371,8 +375,9 @@ class SimNetwork:
         if existing is not None:
             return existing
         if not isinstance(address, str) or not address or any(c.isspace() for c in address):
-            raise ValueError(f"a sim host address must be a non-empty string without spaces, "
-                             f"got {address!r}")
+            raise ValueError(
+                f"a sim host address must be a non-empty string without spaces, got {address!r}"
+            )
         created = SimHost(self, address)
         self._hosts[address] = created
         self._record("host", address, "-", note="created")
@@ -671,8 +676,9 @@ class SimNetwork:
         self._record("syn", f"{src}:{local_port}", f"{dst}:{connector.destination_port}")
         link = self.link(src, dst)
         if link.cut:
-            self._record("drop", f"{src}:{local_port}", f"{dst}:{connector.destination_port}",
-                         note="syn cut")
+            self._record(
+                "drop", f"{src}:{local_port}", f"{dst}:{connector.destination_port}", note="syn cut"
+            )
             return
         delay = self._sample_delay(link, src, dst)
         self.clock.callLater(
@@ -710,12 +716,20 @@ class SimNetwork:
         cid = self._next_connection_id
         self._next_connection_id += 1
         client_side = SimTransport(
-            self, cid, client, IPv4Address("TCP", src, local_port),
-            IPv4Address("TCP", dst, port), connector,
+            self,
+            cid,
+            client,
+            IPv4Address("TCP", src, local_port),
+            IPv4Address("TCP", dst, port),
+            connector,
         )
         server_side = SimTransport(
-            self, cid, server, IPv4Address("TCP", dst, port),
-            IPv4Address("TCP", src, local_port), None,
+            self,
+            cid,
+            server,
+            IPv4Address("TCP", dst, port),
+            IPv4Address("TCP", src, local_port),
+            None,
         )
         client_side.peer = server_side
         server_side.peer = client_side
@@ -742,12 +756,14 @@ class SimNetwork:
             log.error(
                 "sim connection {src} -> {dst}: more than {limit} bytes in flight; the writer "
                 "ignores back-pressure, aborting the connection",
-                src=sender.name, dst=receiver.name, limit=self.max_in_flight,
+                src=sender.name,
+                dst=receiver.name,
+                limit=self.max_in_flight,
             )
             sender._close(
-                Failure(error.ConnectionLost(
-                    f"sim: more than {self.max_in_flight} bytes in flight"
-                )),
+                Failure(
+                    error.ConnectionLost(f"sim: more than {self.max_in_flight} bytes in flight")
+                ),
                 Failure(error.ConnectionLost()),
             )
             return
@@ -914,8 +930,7 @@ class SimDelayedCall:
 
     def __repr__(self) -> str:
         return (
-            f"<SimDelayedCall {self._host.address} at {self._time!r} {self._state}: "
-            f"{self.func!r}>"
+            f"<SimDelayedCall {self._host.address} at {self._time!r} {self._state}: {self.func!r}>"
         )
 
 
@@ -947,11 +962,13 @@ class SimListeningPort:
             return
         host = self.host
         if host.state == "crashed" or host.incarnation != self._incarnation:
-            raise error.CannotListenError(self.interface, self.port,
-                                          f"sim host {host.address} is crashed")
+            raise error.CannotListenError(
+                self.interface, self.port, f"sim host {host.address} is crashed"
+            )
         if host.listening_port(self.port) is not None:
-            raise error.CannotListenError(self.interface, self.port,
-                                          f"address {host.address}:{self.port} already in use")
+            raise error.CannotListenError(
+                self.interface, self.port, f"address {host.address}:{self.port} already in use"
+            )
         host._ports[self.port] = self
         self.listening = True
         host.network._record("listen", f"{host.address}:{self.port}", "-")
@@ -1095,8 +1112,10 @@ class SimConnector:
         self.transport = None
         network = self.host.network
         network._record(
-            "connect-failed", f"{self.host.address}:{self._local_port}",
-            f"{self.destination_host}:{self.destination_port}", note=type(reason).__name__,
+            "connect-failed",
+            f"{self.host.address}:{self._local_port}",
+            f"{self.destination_host}:{self.destination_port}",
+            note=type(reason).__name__,
         )
         self.factory.clientConnectionFailed(self, Failure(reason))
         if self.state == "disconnected":
@@ -1481,8 +1500,12 @@ class SimTransport:
     def _handle_event(self, kind: str, reason: Failure | None) -> None:
         if kind == "close":
             assert reason is not None
-            self.network._record("closed", self.peer.name, self.name,
-                                 note=f"c{self.connection_id} {reason.type.__name__}")
+            self.network._record(
+                "closed",
+                self.peer.name,
+                self.name,
+                note=f"c{self.connection_id} {reason.type.__name__}",
+            )
             self._state = "closed"
             self._release_inbox()
             self.host._forget(self)
@@ -1767,9 +1790,7 @@ class SimHost:
 
         @raise ValueError: when C{delay} is negative or not a number.
         """
-        if not callable(delay) and (
-            not _is_number(delay) or not math.isfinite(delay) or delay < 0
-        ):
+        if not callable(delay) and (not _is_number(delay) or not math.isfinite(delay) or delay < 0):
             raise ValueError(
                 f"processing delay must be a finite number of seconds >= 0 or a callable(rng) "
                 f"returning one, got {delay!r}"
