@@ -176,7 +176,9 @@ class Membership:
             view_id=lambda: list(self.view.id) if self.view is not None else None,
             namespace=__name__,
         )
-        self.max_epoch = 0
+        self._max_epoch = 0
+        self._epoch_raised_at = 0.0
+        self._max_view_epoch = 0
         self._votes: dict[int, str] = {}
         self.peers: dict[str, PeerInfo] = {}
         self._candidacy: _Candidacy | None = None
@@ -212,6 +214,33 @@ class Membership:
         #: Observers of internal decisions (the testkit's checkers):
         #: callables taking (kind, fields).
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+
+    @property
+    def max_epoch(self) -> int:
+        """
+        The highest epoch this node has seen a view of, voted in or stood
+        for (fencing).
+        """
+        return self._max_epoch
+
+    @max_epoch.setter
+    def max_epoch(self, epoch: int) -> None:
+        if epoch > self._max_epoch:
+            self._epoch_raised_at = self.clock.seconds()
+        self._max_epoch = epoch
+
+    def _stale_fence(self, now: float) -> bool:
+        """
+        Whether this node's fence is only a vote or candidacy that came to
+        nothing: an epoch above every view it has seen, raised more than two
+        join timeouts ago. Such a fence protects nobody (no coordinator of
+        that epoch ever showed up), and keeping it would make the node refuse
+        its cluster forever.
+        """
+        return (
+            self._max_epoch > self._max_view_epoch
+            and now - self._epoch_raised_at > 2 * self.config.membership.join_timeout
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -792,6 +821,20 @@ class Membership:
     def _coordinate(self, now: float) -> None:
         view = self.view
         assert view is not None
+        if self.max_epoch > view.epoch:
+            # This node voted (or stood) in a newer epoch: its own views
+            # would be refused, by itself first. Stop acting; either a view
+            # of that epoch arrives, or the fence goes stale and lifts.
+            if self._acting:
+                self.log.info(
+                    "not acting: voted in epoch {epoch}, coordinating epoch {own}",
+                    epoch=self.max_epoch,
+                    own=view.epoch,
+                )
+            self._acting = False
+            if self._stale_fence(now):
+                self._max_epoch = view.epoch
+            return
         base = len(view.active_members())
         present = len(self.reachable_members())
         had = self._acting
@@ -935,6 +978,10 @@ class Membership:
     def _install_view(
         self, view: View, present: int, why: str, merged_from: list[dict[str, Any]] | None
     ) -> None:
+        if view.epoch < self.max_epoch:
+            # Never send a view this node would itself refuse: another node
+            # could accept it while this one recomputes the same id.
+            return
         base = len(self.view.active_members()) if self.view is not None and self.joined else present
         self.metrics.views_installed.inc()
         self._trace(
@@ -1049,6 +1096,18 @@ class Membership:
     # -- receiving views -----------------------------------------------------------------
 
     def _accept(self, view: View, merged_from: list[dict[str, Any]] | None, sender: str) -> None:
+        now = self.clock.seconds()
+        if (
+            view.epoch < self.max_epoch
+            and view.epoch >= self._max_view_epoch
+            and self._stale_fence(now)
+        ):
+            self.log.info(
+                "epoch {epoch} never got a coordinator; accepting view {view} again",
+                epoch=self.max_epoch,
+                view=list(view.id),
+            )
+            self._max_epoch = view.epoch
         if view.epoch < self.max_epoch:
             self.metrics.stale_epoch_refused.inc()
             self._trace("refuse_stale", view=view, max_epoch=self.max_epoch, sender=sender)
@@ -1073,6 +1132,7 @@ class Membership:
             # join that is under way will bring one that lists this life.
             return
         self.max_epoch = max(self.max_epoch, view.epoch)
+        self._max_view_epoch = max(self._max_view_epoch, view.epoch)
         self.view = view
         self._view_accepted_at = self.clock.seconds()
         if view.coordinator != self.node_id:
@@ -1118,6 +1178,7 @@ class Membership:
         self.view = None
         self._acting = False
         self.max_epoch = max(self.max_epoch, view.epoch)
+        self._max_view_epoch = max(self._max_view_epoch, view.epoch)
         self.detector.watch([], self.clock.seconds())
         self._emit(
             {
@@ -1395,11 +1456,11 @@ class Membership:
                     reason=f"merged from view {other.epoch}.{other.seq} of {other.coordinator}",
                 )
                 self._departed_at.pop(m.node_id, None)
-        if other.epoch < view.epoch:
-            epoch, seq = view.epoch, view.seq + 1
-        else:
-            epoch, seq = max(self.max_epoch, other.epoch) + 1, 0
-            self.max_epoch = epoch
+        # A merge always opens a new epoch: the members that come from the
+        # other side must see a coordinator change (the total order flushes
+        # and opens the epoch for them).
+        epoch, seq = max(self.max_epoch, view.epoch, other.epoch) + 1, 0
+        self.max_epoch = epoch
         merged = View(
             epoch, seq, self.node_id, tuple(sorted(members.values(), key=lambda m: m.node_id))
         )

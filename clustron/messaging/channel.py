@@ -399,7 +399,15 @@ class Messenger:
                 for key in sorted(self._causal_keys.pop(gone, ())):
                     self._release_causal(self._causal_in.forget(key))
             self._member_lives = lives
-        for gone in sorted(self._members - members):
+        if view is None or not view.is_active_member(self.node_id):
+            # This node is out of the group, not they: keep the streams (what
+            # they sent and this node acknowledged must still be delivered)
+            # until it is back or they leave a view it is in.
+            members = frozenset()
+            gone_peers: list[str] = []
+        else:
+            gone_peers = sorted(self._members - members)
+        for gone in gone_peers:
             self._sender.peer_left(gone)
             self._fifo_out.forget(gone)
             self._fifo_in.forget(gone)

@@ -141,6 +141,9 @@ class TotalOrder:
         self._deliver = deliver
         self._log: deque[Entry] = deque(maxlen=log_size)
         self._delivered_ids: OrderedDict[str, None] = OrderedDict()
+        # Ids known to hold a position already (seen in a flush), even if
+        # this node never delivered them: never sequenced again.
+        self._sequenced_ids: OrderedDict[str, None] = OrderedDict()
         self._id_window = log_size * 4
         self._max_pending = max_pending
         self._flush_timeout = flush_timeout
@@ -321,7 +324,7 @@ class TotalOrder:
             raise ProtocolViolation("malformed_total", "bad forward")
         if trace is not None and not isinstance(trace, dict):
             raise ProtocolViolation("malformed_total", "bad trace context")
-        if msg_id in self._delivered_ids:
+        if msg_id in self._delivered_ids or msg_id in self._sequenced_ids:
             # Sequenced and delivered already, maybe while the origin was
             # not a member: tell it, so it stops waiting.
             if sender != self.node_id:
@@ -451,6 +454,10 @@ class TotalOrder:
             return
         epoch = flushing["epoch"]
         longest = flushing["last"]
+        for entry in flushing["entries"].values():
+            self._sequenced_ids[entry.id] = None
+        while len(self._sequenced_ids) > self._id_window:
+            self._sequenced_ids.popitem(last=False)
         fill = sorted(
             (e for e in flushing["entries"].values() if e.position <= longest and e.epoch < epoch),
             key=lambda e: e.position,
