@@ -31,7 +31,8 @@ TOKEN = "partition-test-token"
 
 FETCH = (
     "import json, sys, urllib.request\n"
-    "request = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]})\n"
+    "headers = {'Authorization': 'Bearer ' + sys.argv[2]}\n"
+    "request = urllib.request.Request(sys.argv[1], headers=headers)\n"
     "try:\n"
     "    print(urllib.request.urlopen(request, timeout=2).read().decode())\n"
     "except Exception as e:\n"
