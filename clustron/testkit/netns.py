@@ -5,7 +5,7 @@ A L{NetworkLab} builds one network namespace per host, each with one
 address on a shared bridge (which lives in a hub namespace of its own), and
 cuts or restores traffic between hosts with nftables sets in each host's
 namespace. Processes are started inside a host's namespace with
-L{NetworkLab.command} (a prefix for C{subprocess} or C{spawnProcess}).
+L{NetworkLab.command} (a prefix for C{subprocess} or C{spawnProcess})::
 
     reason = unavailable()
     if reason:
