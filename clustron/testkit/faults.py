@@ -29,6 +29,7 @@ FoundationDB's simulator does.
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,7 @@ __all__ = [
 # -- delay distributions ------------------------------------------------------------
 
 
-class _Distribution:
+class _Distribution(abc.ABC):
     """
     A delay drawn from the network's random generator; callable as
     C{delay(rng) -> seconds}. Its C{__qualname__} attribute names it with its
@@ -90,8 +91,11 @@ class _Distribution:
         """
         return f"{self.name}({','.join(repr(p) for p in self.params)})"
 
+    @abc.abstractmethod
     def __call__(self, rng: random.Random) -> float:
-        raise NotImplementedError
+        """
+        @return: one delay in seconds, drawn from C{rng}.
+        """
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.params == self.params  # type: ignore[attr-defined]
