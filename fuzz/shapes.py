@@ -19,6 +19,8 @@ from typing import Any
 
 import atheris
 
+from clustron.membership import group as membership_group
+
 #: Every key the wire protocol uses (membership, messaging, total order).
 KEYS = (
     "k",
@@ -184,25 +186,7 @@ NUMBERS = (
 )
 
 #: Message kinds, by frame.
-CONTROL_KINDS = (
-    "join",
-    "join_refused",
-    "view",
-    "view_req",
-    "vote_req",
-    "vote",
-    "prevote_req",
-    "prevote",
-    "abdicate",
-    "leave",
-    "alive",
-    "merge",
-    "probe_req",
-    "probe",
-    "probe_ack",
-    "admin",
-    "admin_result",
-)
+CONTROL_KINDS = membership_group.CONTROL_KINDS
 ENVELOPE_TYPES = ("d", "u", "ack", "frag")
 ENVELOPE_KINDS = ("m", "r", "b", "c", "tf", "ts", "tq", "tr", "to", "tk")
 

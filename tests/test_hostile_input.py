@@ -37,6 +37,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from clustron import plugins
 from clustron.config import NodeConfig, SecurityConfig
 from clustron.errors import FrameError, ProtocolViolation, SerializationError
+from clustron.membership import group as membership_group
 from clustron.membership.view import View, is_address
 from clustron.messaging.total import TotalOrder
 from clustron.node import ClusterNode
@@ -182,25 +183,7 @@ def nested(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 JSON_VALUES = nested(JSON_LEAVES)
 ANY_VALUES = nested(EXOTIC_LEAVES)
 
-CONTROL_KINDS = [
-    "join",
-    "join_refused",
-    "view",
-    "view_req",
-    "vote_req",
-    "vote",
-    "prevote_req",
-    "prevote",
-    "abdicate",
-    "leave",
-    "alive",
-    "merge",
-    "probe_req",
-    "probe",
-    "probe_ack",
-    "admin",
-    "admin_result",
-]
+CONTROL_KINDS = list(membership_group.CONTROL_KINDS)
 
 #: Values that are no control message at all: not a mapping with a known
 #: kind.

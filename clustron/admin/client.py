@@ -214,7 +214,7 @@ class AdminClient:
         @param token: the bearer token, or None to send none.
         @param agent: the agent to use; by default an L{Agent} on C{reactor}.
         @param reactor: the reactor for the default agent and for timeouts;
-            when both it and C{agent} are None, the global reactor.
+            required unless C{agent} is given.
         @param ca_cert: a PEM CA certificate file to verify an https API
             against, instead of the system's trust store (default agent only).
         @param timeout: seconds to wait for a (non-streaming) answer, or
@@ -229,9 +229,7 @@ class AdminClient:
         self._token = token
         if agent is None:
             if reactor is None:
-                from twisted.internet import reactor as global_reactor
-
-                reactor = global_reactor
+                raise TypeError("AdminClient needs a reactor (or an agent)")
             if ca_cert is not None:
                 try:
                     with open(ca_cert, "rb") as f:

@@ -1868,6 +1868,11 @@ class Membership:
         self._set_view_addresses(current | {parsed})
 
 
+#: The kinds of CONTROL message membership understands (fuzzers and
+#: hostile-input tests draw from it).
+CONTROL_KINDS: tuple[str, ...] = tuple(Membership._handlers)
+
+
 def _is_incarnation(value: Any) -> bool:
     """
     Whether a peer-sent C{value} is an incarnation a view may carry.
