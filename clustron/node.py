@@ -118,9 +118,7 @@ class ClusterNode(MultiService):
             metrics=self.metrics,
         )
         self.mesh.on_writable = self.messenger.bulk_writable
-        self.membership.on_change = lambda: self.messenger.view_changed(
-            self.membership.view if self.membership.joined else None, self.membership.acting
-        )
+        self.membership.on_change = self._membership_changed
         self._frame_handlers: dict[int, Callable[[str, int, Any], None]] = {
             framing.HEARTBEAT: self.membership.frame_received,
             framing.CONTROL: self.membership.frame_received,
@@ -439,6 +437,18 @@ class ClusterNode(MultiService):
         }
 
     # -- internals --------------------------------------------------------------
+
+    def _membership_changed(self) -> None:
+        """
+        The view or this node's quorum changed: tell the messaging layer,
+        with the quorum of the view.
+        """
+        membership = self.membership
+        view = membership.view if membership.joined else None
+        quorum = (
+            membership.quorum.required(len(view.active_members())) if view is not None else None
+        )
+        self.messenger.view_changed(view, membership.acting, quorum)
 
     def _send_frame(self, node_id: str, frame_type: int, body: Any, priority: bool) -> bool:
         return self.mesh.try_send(node_id, frame_type, body, priority)

@@ -304,6 +304,42 @@ class TotalOrderTests(SynchronousTestCase):
         checker.assert_ok()
 
 
+    def test_cut_off_coordinator_delivers_nothing(self) -> None:
+        """
+        A coordinator cut off with a minority keeps acting until it notices
+        (up to C{suspect_after}); what it sequences then never commits, so
+        neither it nor its side delivers anything the majority then orders
+        differently, and every message ends up at one position everywhere.
+        """
+        cluster, checker, _ = formed(size=5, seed=4)
+        received = collect(cluster)
+        coordinator = cluster.coordinator_seen_by("n1")
+        assert coordinator is not None
+        minority = [coordinator, next(n for n in cluster.node_ids if n != coordinator)]
+        majority = [n for n in cluster.node_ids if n not in minority]
+        cluster.partition(minority, majority)
+        done: list[Any] = []
+        for i in range(5):
+            for node_id in minority:
+                cluster.nodes[node_id].broadcast("t", f"{node_id}-{i}", order="total").addBoth(
+                    done.append
+                )
+            cluster.run(0.05)
+        for node_id in minority:
+            self.assertEqual(received[node_id], [], node_id)
+        self.assertEqual(done, [])
+        cluster.run(4)
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10))
+        cluster.run(3)
+        self.assertEqual(done, [None] * 10)
+        sequences = {n: [m.body for m in received[n]] for n in majority}
+        for node_id in majority:
+            self.assertEqual(sorted(sequences[node_id]), sorted(sequences[majority[0]]))
+            self.assertEqual(len(sequences[node_id]), 10)
+        checker.assert_ok()
+
+
 class SizeAndBackPressureTests(SynchronousTestCase):
     """
     Large messages are fragmented without starving heartbeats; oversize

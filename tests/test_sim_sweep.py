@@ -40,20 +40,10 @@ KNOWN = {
     "reach it (fewer seeds since commit 6a0800d keyed causal streams per life)": re.compile(
         r"causal probe .* not delivered|causal broadcast .* was never delivered"
     ),
-    "total order stalls for some members after partitions heal (a merge now opens a new "
-    "epoch, which fixed the most common case; some seeds remain)": re.compile(
-        r"total probe .* not delivered|total-order broadcast .* never completed"
-    ),
     "a FIFO stream stalls for good in some partition seeds (a member that is dropped no "
     "longer forgets its senders' streams, which fixed the common case)": re.compile(
         r"fifo probe .* not delivered|fifo broadcast .* was never delivered"
         r"|probe request .* RequestTimeout"
-    ),
-    "a coordinator cut off by a partition keeps sequencing until it notices it lost quorum "
-    "(up to suspect_after), and delivers those positions itself; the majority sequences the "
-    "same messages again, so they hold two positions (members that stay in the majority's "
-    "view agree; the fix is to deliver only positions a majority acknowledged)": re.compile(
-        r"sequenced twice|total order epoch \d+: members that stayed in the view delivered"
     ),
 }
 

@@ -375,10 +375,15 @@ class Messenger:
 
     # -- membership -------------------------------------------------------------------
 
-    def view_changed(self, view: View | None, acting: bool) -> None:
+    def view_changed(self, view: View | None, acting: bool, quorum: int | None = None) -> None:
         """
         Track the members: fail what is outstanding to those who left and
         forget their streams.
+
+        @param acting: whether this node coordinates the view with quorum.
+        @param quorum: how many members (the coordinator included) make a
+            quorum of C{view}; total-order positions commit once that many
+            hold them (by default a majority of the view's active members).
         """
         members = frozenset(view.active_ids()) if view is not None else frozenset()
         # Causal bookkeeping follows the views this node is in: a member that
@@ -433,7 +438,9 @@ class Messenger:
                 self._send_control(
                     node, {"k": "cb", "ck": self._causal_key, "n": self._causal_out.sent}
                 )
-            self.total.view_changed(view.coordinator, view.epoch, members, acting)
+            self.total.view_changed(
+                view.coordinator, view.epoch, members, acting, quorum, renewed=arrived
+            )
             if not was_member:
                 self.total.joined_view()
         elif was_member:
