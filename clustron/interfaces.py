@@ -47,7 +47,9 @@ class ITransportPlugin(IPlugin):
         Open one connection to a peer at C{host}:C{port}.
 
         @return: a Deferred firing with the connected protocol, or failing
-            when the connection cannot be made.
+            when the connection cannot be made, at the latest after
+            C{config.wire.handshake_timeout} seconds (the mesh dials a peer
+            again only once the previous attempt ended).
         """
 
 

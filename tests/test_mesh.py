@@ -449,6 +449,27 @@ class ReconnectTests(MeshTestCase):
         self.assertEqual(a.downs, [("b", "peer said bye: testing")])
 
 
+    def test_dial_lost_in_a_partition_retried_after_healing(self) -> None:
+        """
+        A dial whose connection request a cut link swallowed does not hang:
+        it gives up after C{wire.handshake_timeout} and is dialled again
+        with backoff, so the peers connect soon after the link heals (well
+        before the reliable messages waiting for the connection time out).
+        """
+        a = self.node(A, "a", handshake_timeout=2.0, reconnect_max=1.0)
+        b = self.node(B, "b").start()
+        self.net.cut_one_way(B, A)
+        a.start(b)
+        self.net.run(0.5)
+        self.assertEqual(len(a.transport.dials), 1)
+        self.net.heal()
+        self.run_until(lambda: a.mesh.peers, timeout=10.0)
+        # The first dial timed out at 2 s; the next came within reconnect_max.
+        self.assertLessEqual(self.clock.seconds(), 2.0 + 1.0 + 0.1)
+        self.assertEqual(len(a.transport.dials), 2)
+        self.assertEqual(a.sample("clustron_connection_attempts_total", result="failed"), 1)
+
+
 class RefusalTests(MeshTestCase):
     """
     Handshakes the mesh refuses, or that are refused to it.

@@ -219,18 +219,79 @@ class FifoReceiverTests(SynchronousTestCase):
 
     def test_too_many_streams(self) -> None:
         """
-        Beyond C{max_streams} senders, a new sender is refused until one is
-        forgotten.
+        Beyond C{max_streams} senders, a new sender is refused while every
+        tracked sender is a member, until one is forgotten.
         """
         receiver = FifoReceiver(max_streams=1)
+        receiver.set_members(["a", "b"])
         receiver.receive("a", 1, 1, "a1")
         self.assertEqual(receiver.receive("b", 1, 1, "b1"), Arrival(False, TOO_MANY_STREAMS))
         self.assertEqual(receiver.forget("a"), 0)
         self.assertEqual(receiver.receive("b", 1, 1, "b1").deliver, ("b1",))
 
+    def test_room_made_from_non_members(self) -> None:
+        """
+        A new sender beyond C{max_streams} makes room by forgetting a
+        sender that is not a member: the one that left the members longest
+        ago, before those that never were members; members are kept.
+        """
+        receiver = FifoReceiver(max_streams=3)
+        receiver.set_members(["a", "b", "c"])
+        for sender in ("a", "b", "c"):
+            receiver.receive(sender, 1, 2, sender + "2")
+        receiver.set_members(["a", "c"])  # b left
+        receiver.set_members(["c"])  # then a
+        self.assertEqual(receiver.receive("x", 1, 1, "x1").deliver, ("x1",))
+        self.assertIsNone(receiver.expected("b"))
+        self.assertEqual(receiver.buffered, 2)
+        self.assertEqual(receiver.receive("y", 1, 1, "y1").deliver, ("y1",))
+        self.assertIsNone(receiver.expected("a"))
+        # x never was a member; c is one.
+        self.assertEqual(receiver.receive("z", 1, 1, "z1").deliver, ("z1",))
+        self.assertIsNone(receiver.expected("x"))
+        self.assertEqual(receiver.expected("c"), 1)
+        self.assertEqual(receiver.buffered, 1)
+        # A sender that comes back is a member again: never forgotten.
+        receiver.set_members(["c", "y", "z"])
+        self.assertEqual(receiver.receive("w", 1, 1, "w1"), Arrival(False, TOO_MANY_STREAMS))
+
+    def test_sender_that_left_resumes_its_stream(self) -> None:
+        """
+        A sender that left the members keeps its stream, what was buffered
+        of it included: when it carries on with the same stream (it never
+        saw this node leave), whose C{first} still lies below messages
+        taken before, every message is delivered in order.
+        """
+        receiver = FifoReceiver()
+        receiver.set_members(["a", "me"])
+        receiver.receive("a", 1, 1, "a1", first=1)
+        # a2 is lost on the way; a3 and a4 are taken (and acknowledged).
+        receiver.receive("a", 1, 3, "a3", first=2)
+        receiver.receive("a", 1, 4, "a4", first=2)
+        receiver.set_members(["me"])
+        self.assertEqual(receiver.buffered, 2)
+        receiver.set_members(["a", "me"])
+        self.assertEqual(receiver.receive("a", 1, 5, "a5", first=2), Arrival(True, BUFFERED))
+        arrival = receiver.receive("a", 1, 2, "a2", first=2)
+        self.assertEqual(arrival.deliver, ("a2", "a3", "a4", "a5"))
+
+    def test_stale_first_after_leaving(self) -> None:
+        """
+        A retransmission that carries a C{first} from before messages were
+        delivered does not take a sender that left back: the stream goes on
+        where it stood.
+        """
+        receiver = FifoReceiver()
+        receiver.set_members(["a", "me"])
+        for seq in (1, 2):
+            receiver.receive("a", 1, seq, f"a{seq}", first=1)
+        receiver.set_members(["me"])
+        self.assertEqual(receiver.receive("a", 1, 3, "a3", first=1).deliver, ("a3",))
+
     def test_forget(self) -> None:
         """
-        L{FifoReceiver.forget} drops the sender's buffered messages.
+        L{FifoReceiver.forget} drops the sender's stream and its buffered
+        messages.
         """
         receiver = FifoReceiver()
         receiver.receive("a", 1, 2, "a2")

@@ -190,6 +190,44 @@ class ReliabilityTests(SynchronousTestCase):
         self.assertEqual(results[0].type.__name__, "DeliveryFailed")
 
 
+    def test_stream_resumes_after_receiver_dropped_sender(self) -> None:
+        """
+        A receiver that removes a sender from its view keeps that sender's
+        stream: the messages it took out of order (and acknowledged, so
+        never transmitted again) are still delivered, in order, when the
+        sender, which never saw the receiver leave, carries on with the
+        same stream after the partition heals.
+        """
+        cluster, checker, membership = formed(size=3, seed=1)
+        received = collect(cluster)
+        sender, receiver = cluster.nodes["n1"], cluster.nodes["n2"]
+        results: list[Any] = []
+        # The first message is lost; the next two arrive and are buffered.
+        cluster.cut_one_way("n1", "n2")
+        sender.send("n2", "t", 1).addBoth(results.append)
+        cluster.run(0.01)
+        cluster.heal()
+        sender.send("n2", "t", 2).addBoth(results.append)
+        sender.send("n2", "t", 3).addBoth(results.append)
+        cluster.run(0.05)
+        self.assertEqual(results, [None, None])
+        self.assertEqual(received["n2"], [])
+        # The receiver's side removes the sender, which does not notice.
+        cluster.isolate("n1")
+        self.assertTrue(
+            cluster.run_until(lambda: "n1" not in receiver.view.active_ids(), timeout=10.0)
+        )
+        self.assertIn("n2", sender.view.active_ids())
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=20.0))
+        sender.send("n2", "t", 4).addBoth(results.append)
+        cluster.run(10)
+        self.assertEqual([m.body for m in received["n2"]], [1, 2, 3, 4])
+        self.assertEqual(results, [None] * 4)
+        checker.assert_ok()
+        membership.assert_ok()
+
+
 class CausalTests(SynchronousTestCase):
     """
     Causal broadcast under reordering delays.

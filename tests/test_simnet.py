@@ -1158,8 +1158,13 @@ class PluginTests(NetworkTestCase):
     The C{sim} transport plugin.
     """
 
-    def config(self, host: str, port: int = PORT) -> SimpleNamespace:
-        return SimpleNamespace(advertise_address=(host, port))
+    def config(
+        self, host: str, port: int = PORT, handshake_timeout: float = 5.0
+    ) -> SimpleNamespace:
+        return SimpleNamespace(
+            advertise_address=(host, port),
+            wire=SimpleNamespace(handshake_timeout=handshake_timeout),
+        )
 
     def test_listen_and_connect(self) -> None:
         server_factory = RecordingFactory(self.b, Echo)
@@ -1192,13 +1197,23 @@ class PluginTests(NetworkTestCase):
         self.assertEqual(server_factory.built, [])
 
     def test_connect_timeout(self) -> None:
+        """
+        An attempt whose connection request is lost gives up after the
+        node's C{wire.handshake_timeout}, as the C{tcp} transport does, so
+        that the mesh dials again soon after a cut link heals.
+        """
         self.serve(self.b)
         self.net.cut_one_way(A, B)
-        connected = sim_transport.connect(self.a, self.config(A), B, PORT, RecordingFactory(self.a))
-        self.net.run(29)
+        config = self.config(A, handshake_timeout=3.0)
+        connected = sim_transport.connect(self.a, config, B, PORT, RecordingFactory(self.a))
+        self.net.run(2.9)
         self.assertNoResult(connected)
-        self.net.run(2)
+        self.net.heal()
+        self.net.run(0.2)
         self.failureResultOf(connected, error.TimeoutError)
+        retried = sim_transport.connect(self.a, config, B, PORT, RecordingFactory(self.a))
+        self.net.run(0.01)
+        self.successResultOf(retried)
 
     def test_listen_port_taken(self) -> None:
         self.serve(self.b)

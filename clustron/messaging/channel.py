@@ -415,7 +415,6 @@ class Messenger:
         for gone in gone_peers:
             self._sender.peer_left(gone)
             self._fifo_out.forget(gone)
-            self._fifo_in.forget(gone)
             self._bulk.pop(gone, None)
             self._reassembler.forget(gone)
             for correlation, (d, timer, to, _) in list(self._requests.items()):
@@ -427,6 +426,10 @@ class Messenger:
         was_member = self.node_id in self._members
         self._members = members
         if view is not None and self.node_id in members:
+            # Streams from those who left are kept, not forgotten: a sender
+            # that did not see this node leave carries on with its stream,
+            # and what this node took of it must still be delivered.
+            self._fifo_in.set_members(members)
             if not was_member:
                 self._causal_joins += 1
                 self._causal_key = f"{self.node_id}:{self.incarnation}:{self._causal_joins}"

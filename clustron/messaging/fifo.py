@@ -27,6 +27,17 @@ C{seq} it expects and a reorder buffer:
     retransmits). The message a stream expects next is never refused, so
     every stream always makes progress.
 
+A sender that leaves this node's view is not forgotten: its stream, what
+was buffered of it included, is kept until the sender resumes it or starts
+a newer generation, or until the room is needed for a new sender
+(L{FifoReceiver.set_members}). Whatever this receiver took was
+acknowledged, and the sender never transmits an acknowledged message again;
+a sender that did not see this node leave (it was cut off, or itself
+dropped from the group) carries on with the same stream, and the C{first}
+of its next messages may still lie below messages this receiver took
+before, out of order or even delivered. Had it dropped them, the stream
+would wait for good for a message that never comes again.
+
 The promise: a receiver delivers each stream's messages in C{seq} order,
 each at most once, and skips a C{seq} only when its sender settled it
 without this receiver taking it (a failed reliable send, which the sender
@@ -42,6 +53,7 @@ were never sent to it. Use one L{FifoReceiver} per kind of stream.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -240,7 +252,9 @@ class FifoReceiver:
         @param max_buffer: the most out-of-order messages buffered, all
             senders together.
         @param max_streams: the most senders tracked; a message from a new
-            sender beyond it is refused until L{forget} makes room.
+            sender beyond it makes room by forgetting a sender that is not a
+            member (see L{set_members}), and is refused when every tracked
+            sender is one.
         @raise ValueError: when a bound is out of range.
         """
         if max_buffer < 0:
@@ -250,6 +264,9 @@ class FifoReceiver:
         self._max_buffer = max_buffer
         self._max_streams = max_streams
         self._streams: dict[str, _Incoming] = {}
+        self._members: frozenset[str] = frozenset()
+        # Tracked senders that are not members, in the order they became so.
+        self._evictable: OrderedDict[str, None] = OrderedDict()
         self._buffered = 0
         #: How many sequence numbers were skipped because their sender gave
         #: them up (a metric).
@@ -303,7 +320,7 @@ class FifoReceiver:
         generation = (incarnation, stream_id)
         state = self._streams.get(sender)
         if state is None:
-            if len(self._streams) >= self._max_streams:
+            if len(self._streams) >= self._max_streams and not self._evict():
                 log.warn(
                     "FIFO receiver refused a message from {sender}: {limit} senders tracked",
                     sender=sender,
@@ -311,6 +328,8 @@ class FifoReceiver:
                 )
                 return Arrival(False, TOO_MANY_STREAMS)
             state = self._streams[sender] = _Incoming(generation, first)
+            if sender not in self._members:
+                self._evictable[sender] = None
         elif generation < state.generation:
             return Arrival(True, STALE)
         elif generation > state.generation:
@@ -340,22 +359,59 @@ class FifoReceiver:
         self._drain(state, deliver)
         return Arrival(True, DELIVERED, tuple(deliver))
 
+    def set_members(self, members: Iterable[str]) -> None:
+        """
+        Tell which senders are members of this node's view. Their streams
+        are never forgotten to make room. The stream of any other sender
+        (one that left the view, or never was in it) is kept too, what is
+        buffered of it included (see the module docstring), but it may be
+        forgotten when room is needed for a new sender: those that left
+        longest ago first.
+        """
+        members = frozenset(members)
+        for sender in sorted(self._members - members):
+            if sender in self._streams:
+                self._evictable[sender] = None
+        for sender in members:
+            self._evictable.pop(sender, None)
+        self._members = members
+
     def forget(self, sender: str) -> int:
         """
-        Stop tracking C{sender} (it left the view) and drop what it had
-        buffered. Should it send again, its stream is picked up at the
-        C{first} of its next message (a late retransmission of a message
-        delivered before is then caught only by the message id window, so
-        the node should drop messages from non-members before offering
-        them here).
+        Stop tracking C{sender} and drop what it had buffered. Should it
+        send again, its stream is picked up at the C{first} of its next
+        message, which may wait for messages this receiver took before and
+        dropped here: use it only for a sender that will never resume its
+        stream (one that left the view may: see L{set_members}).
 
         @return: how many buffered messages were dropped.
         """
+        self._evictable.pop(sender, None)
         state = self._streams.pop(sender, None)
         if state is None:
             return 0
         self._buffered -= len(state.buffer)
         return len(state.buffer)
+
+    def _evict(self) -> bool:
+        """
+        Forget the non-member sender that became one longest ago, to make
+        room.
+
+        @return: whether there was one.
+        """
+        if not self._evictable:
+            return False
+        sender = next(iter(self._evictable))
+        dropped = self.forget(sender)
+        log.warn(
+            "FIFO receiver forgot {sender}, not a member, to make room ({limit} senders"
+            " tracked); {dropped} buffered messages dropped",
+            sender=sender,
+            limit=self._max_streams,
+            dropped=dropped,
+        )
+        return True
 
     def _skip_to(self, sender: str, state: _Incoming, first: int, deliver: list[Any]) -> None:
         below = sorted(seq for seq in state.buffer if seq < first)

@@ -578,9 +578,10 @@ def run_seed(
     @param form_bound: seconds the cluster gets to form (default 10 plus a
         tenth of a second per node).
     @param heal_bound: seconds the healed cluster gets to agree on one view
-        (default 45 plus half a second per node: a connection attempt made
-        during a partition can take the sim transport's 30-second connect
-        timeout to give up, and an election follows).
+        (default 45 plus half a second per node, generous: a connection
+        attempt made during a partition gives up after the nodes'
+        C{wire.handshake_timeout}, reconnections back off, and elections
+        follow).
     @param probe_time: seconds the probes (and owed messages) get to be
         delivered once it has.
     @raise ValueError: for an unknown scenario or a size below 1.
