@@ -26,7 +26,8 @@ class Router:
     that direction is cut (C{cut} holds C{(sender, receiver)} pairs).
     """
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], max_pending: int = 4096) -> None:
+        self.max_pending = max_pending
         self.clock = Clock()
         self.queue: deque[tuple[str, str, dict[str, Any]]] = deque()
         self.cut: set[tuple[str, str]] = set()
@@ -40,7 +41,9 @@ class Router:
             if (name, to) not in self.cut:
                 self.queue.append((name, to, dict(body)))
 
-        return TotalOrder(name, self.clock, send, self.delivered[name].append)
+        return TotalOrder(
+            name, self.clock, send, self.delivered[name].append, max_pending=self.max_pending
+        )
 
     def run(self) -> None:
         """
@@ -115,6 +118,27 @@ class CommitTests(SynchronousTestCase):
         self.assertEqual(router.bodies("a"), ["alone"])
         self.assertEqual(router.bodies("b"), ["alone"])
         self.assertEqual(done, [None])
+
+    def test_uncommitted_positions_bounded(self) -> None:
+        """
+        At most C{max_pending} positions wait for their commit; what comes
+        after waits, unsequenced, until commits make room.
+        """
+        router = Router(["a", "b", "c"], max_pending=2)
+        router.view("a", 1, ["a", "b", "c"])
+        # What "a" sends is lost; what it receives arrives.
+        router.cut |= {("a", "b"), ("a", "c")}
+        for name in "bc":
+            for i in range(2):
+                router.nodes[name].broadcast(f"{name}:1:{i}", "t", f"{name}{i}")
+        router.run()
+        to_b = [body for _, to, body in router.sent if to == "b"]
+        self.assertEqual([body["e"][:2] for body in to_b if body["k"] == "ts"], [[1, 1], [1, 2]])
+        router.cut.clear()
+        router.nodes["a"].view_changed("a", 1, ["a", "b", "c"], True, None, renewed=["b", "c"])
+        router.run()
+        for name in "abc":
+            self.assertEqual(router.bodies(name), ["b0", "b1", "c0", "c1"])
 
     def test_quorum_of_one_commits_at_once(self) -> None:
         """

@@ -472,13 +472,26 @@ class TotalOrder:
                     self._awaiting.setdefault(msg_id, set()).add(sender)
             return
         forward = {"id": msg_id, "origin": sender, "t": topic, "b": body.get("b"), "tc": trace}
-        if self._acting and self._flushing is None and self._seq_epoch is not None:
+        if self._sequencing() and not self._queued:
             self._sequence(forward)
         elif len(self._queued) < self._max_pending:
-            # Not sequencing (no quorum, flushing, or not the coordinator
-            # yet): hold it; the origin forwards again if this node never
-            # opens an epoch.
+            # Not sequencing (no quorum, flushing, not the coordinator yet,
+            # or max_pending positions wait for their commit): hold it; the
+            # origin forwards again if this node never opens an epoch.
             self._queued[msg_id] = forward
+
+    def _sequencing(self) -> bool:
+        """
+        Whether this node may give out a position now: it coordinates with
+        quorum, its epoch is open, and fewer than C{max_pending} positions
+        wait for their commit (which bounds what members hold uncommitted).
+        """
+        return (
+            self._acting
+            and self._flushing is None
+            and self._seq_epoch is not None
+            and self._next_seq - 1 - max(self._commit, 0) < self._max_pending
+        )
 
     def _sequence(self, forward: dict[str, Any]) -> None:
         assert self._seq_epoch is not None
@@ -506,9 +519,8 @@ class TotalOrder:
             self._sequenced_ids.popitem(last=False)
 
     def _drain_queue(self) -> None:
-        queued, self._queued = self._queued, OrderedDict()
-        for forward in queued.values():
-            msg_id = forward["id"]
+        while self._queued and self._sequencing():
+            msg_id, forward = self._queued.popitem(last=False)
             if msg_id not in self._delivered_ids and msg_id not in self._sequenced_ids:
                 self._sequence(forward)
 
@@ -553,6 +565,8 @@ class TotalOrder:
             return
         self._commit = commit
         self._on_commit(self._seq_epoch, commit)
+        if self._queued:
+            self._drain_queue()
         if self._commit_call is None:
             self._commit_call = self.clock.callLater(0, self._send_commit)
 
