@@ -156,6 +156,9 @@ class Membership:
         self._connected = connected
         self._rng = rng
         self.incarnation = incarnation
+        # The incarnation this process started with: refutations only raise
+        # it, so a view listing this node below it is of an earlier life.
+        self._life_incarnation = incarnation
         self.metrics = metrics
         self._set_view_addresses = set_view_addresses
         self._set_incarnation = set_incarnation
@@ -1124,12 +1127,16 @@ class Membership:
             ):
                 self._left_view(view, me)
             return
-        if me.incarnation > self.incarnation or (
-            not self.joined and me.incarnation != self.incarnation
+        if (
+            me.incarnation > self.incarnation
+            or me.incarnation < self._life_incarnation
+            or (not self.joined and me.incarnation != self.incarnation)
         ):
             # A view that lists another life of this node (before a restart,
             # or before it was dropped and rejoined): not ours to accept; the
-            # join that is under way will bring one that lists this life.
+            # join that is under way will bring one that lists this life. A
+            # view of an earlier life may even name this node coordinator of
+            # an epoch whose state died with that life.
             return
         self.max_epoch = max(self.max_epoch, view.epoch)
         self._max_view_epoch = max(self._max_view_epoch, view.epoch)
