@@ -44,11 +44,6 @@ KNOWN = {
     "epoch, which fixed the most common case; some seeds remain)": re.compile(
         r"total probe .* not delivered|total-order broadcast .* never completed"
     ),
-    "a FIFO stream stalls for good in some partition seeds (a member that is dropped no "
-    "longer forgets its senders' streams, which fixed the common case)": re.compile(
-        r"fifo probe .* not delivered|fifo broadcast .* was never delivered"
-        r"|probe request .* RequestTimeout"
-    ),
     "a coordinator cut off by a partition keeps sequencing until it notices it lost quorum "
     "(up to suspect_after), and delivers those positions itself; the majority sequences the "
     "same messages again, so they hold two positions (members that stay in the majority's "
