@@ -40,11 +40,6 @@ KNOWN = {
     "reach it (fewer seeds since commit 6a0800d keyed causal streams per life)": re.compile(
         r"causal probe .* not delivered|causal broadcast .* was never delivered"
     ),
-    "a FIFO stream stalls for good in some partition seeds (a member that is dropped no "
-    "longer forgets its senders' streams, which fixed the common case)": re.compile(
-        r"fifo probe .* not delivered|fifo broadcast .* was never delivered"
-        r"|probe request .* RequestTimeout"
-    ),
 }
 
 

@@ -31,12 +31,12 @@ A sender that leaves this node's view is not forgotten: its stream, what
 was buffered of it included, is kept until the sender resumes it or starts
 a newer generation, or until the room is needed for a new sender
 (L{FifoReceiver.set_members}). Whatever this receiver took was
-acknowledged, and the sender never transmits an acknowledged message again;
-a sender that did not see this node leave (it was cut off, or itself
-dropped from the group) carries on with the same stream, and the C{first}
-of its next messages may still lie below messages this receiver took
-before, out of order or even delivered. Had it dropped them, the stream
-would wait for good for a message that never comes again.
+acknowledged, and the sender never transmits an acknowledged message
+again; a sender that did not remove this node from its own view (it was
+cut off, or itself dropped from the group) carries on with the same
+stream, and the C{first} of its next messages may still lie below messages
+this receiver took before, out of order or even delivered. Had it dropped
+them, the stream would wait for good for a message that never comes again.
 
 The promise: a receiver delivers each stream's messages in C{seq} order,
 each at most once, and skips a C{seq} only when its sender settled it
@@ -395,8 +395,8 @@ class FifoReceiver:
 
     def _evict(self) -> bool:
         """
-        Forget the non-member sender that became one longest ago, to make
-        room.
+        Forget the sender that has not been a member for the longest time,
+        to make room.
 
         @return: whether there was one.
         """
