@@ -478,11 +478,13 @@ class Messenger:
             held, self._causal_held = self._causal_held, collections.deque()
             self._causal_held_from.clear()
             for item in held:
-                if item.view_id > view.id or self._causal_held_from[item.sender]:
-                    self._causal_held.append(item)
-                    self._causal_held_from[item.sender] += 1
-                else:
+                if self._causal_dead(item.key):
+                    continue
+                if self._causal_ready(item):
                     self._judge_causal(item)
+                else:
+                    self._causal_held.append(item)
+                    self._causal_held_from[item.key] += 1
 
     def stop(self) -> None:
         """
@@ -692,45 +694,49 @@ class Messenger:
 
     def _causal_received(self, item: _HeldCausal) -> None:
         """
-        A causal broadcast or baseline arrived: judge it now, or hold it
-        until this node is in a view at least as new as its sender's (and
-        behind what is held of the same sender).
+        A causal broadcast or baseline arrived: judge it now if it is ready
+        (see L{_causal_ready}), or hold it until it is. What an earlier life
+        of a member sent is dropped.
         """
-        if (
-            self._causal_view is None
-            or item.view_id > self._causal_view
-            or self._causal_held_from[item.sender]
-        ):
-            if len(self._causal_held) >= _MAX_CAUSAL_HELD:
-                self.log.warn(
-                    "causal envelopes held for a newer view are too many: dropped one from"
-                    " {sender}",
-                    sender=item.sender,
-                )
-                return
-            self._causal_held.append(item)
-            self._causal_held_from[item.sender] += 1
+        self._note_causal_life(item.key)
+        if self._causal_dead(item.key):
+            self.log.debug("causal envelope from {key} dropped: an earlier life", key=item.key)
             return
-        self._judge_causal(item)
+        if self._causal_ready(item):
+            self._judge_causal(item)
+            return
+        if len(self._causal_held) >= _MAX_CAUSAL_HELD:
+            oldest = self._causal_held.popleft()
+            self._causal_held_from[oldest.key] -= 1
+            self.log.warn(
+                "too many causal envelopes held: dropped the oldest, from {key}", key=oldest.key
+            )
+        self._causal_held.append(item)
+        self._causal_held_from[item.key] += 1
+
+    def _causal_ready(self, item: _HeldCausal) -> bool:
+        """
+        @return: whether a causal envelope can be judged: this node is in a
+            view at least as new as the one it was sent in, its sender is a
+            member of that view, and nothing its sender sent before is held.
+            (One from a member that left is held too: if that member comes
+            back, what it sent is delivered then.)
+        """
+        return (
+            self._causal_view is not None
+            and item.view_id <= self._causal_view
+            and not self._causal_held_from[item.key]
+            and self._causal_live(item.key)
+        )
 
     def _judge_causal(self, item: _HeldCausal) -> None:
         """
-        Take a causal broadcast or baseline, this node being in a view at
-        least as new as the one its sender sent it in. A sender missing from
-        that view left it: what it sent is dropped (see L{CausalReceiver}).
-        So is what an earlier life of a member sent.
+        Take a causal broadcast or baseline that is ready (see
+        L{_causal_ready}). A dependency on a key that is not the life of a
+        member of this node's view can never be met (its member left the
+        view, or its process is gone): the receiver stops waiting for it.
         """
-        sender, envelope, stamp = item.sender, item.envelope, item.stamp
-        key = envelope["ck"]
-        self._note_causal_life(key)
-        if not self._causal_live(key):
-            self.log.debug(
-                "causal {kind} from {key} dropped: not a life of a member of view {view}",
-                kind="baseline" if stamp is None else "broadcast",
-                key=key,
-                view=self._causal_view,
-            )
-            return
+        sender, envelope, stamp, key = item.sender, item.envelope, item.stamp, item.key
         if stamp is None:
             self._release_causal(self._causal_in.skip(key, envelope["n"]))
             if envelope.get("rq") is True:
@@ -1142,6 +1148,14 @@ class _HeldCausal:
     envelope: dict[str, Any]
     stamp: VectorClock | None
     view_id: tuple[int, int]
+
+    @property
+    def key(self) -> str:
+        """
+        The sender's causal key.
+        """
+        key: str = self.envelope["ck"]
+        return key
 
 
 def _view_id(envelope: dict[str, Any]) -> tuple[int, int]:
