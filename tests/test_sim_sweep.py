@@ -35,11 +35,6 @@ DURATION = 3.0
 
 #: Open bugs, by the violations they cause (see the testkit report).
 KNOWN = {
-    "causal broadcast blocks for good after some membership changes (partitions, merges, "
-    "restarts with clock skew): a member waits for causal predecessors that will never "
-    "reach it (fewer seeds since commit 6a0800d keyed causal streams per life)": re.compile(
-        r"causal probe .* not delivered|causal broadcast .* was never delivered"
-    ),
     "total order stalls for some members after partitions heal (a merge now opens a new "
     "epoch, which fixed the most common case; some seeds remain)": re.compile(
         r"total probe .* not delivered|total-order broadcast .* never completed"
