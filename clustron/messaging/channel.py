@@ -578,7 +578,9 @@ class Messenger:
                 or not isinstance(envelope.get("rq", False), bool)
             ):
                 raise ProtocolViolation("malformed_message", "bad causal baseline")
-            self._causal_received(_HeldCausal(sender, msg_id, envelope, None, _view_id(envelope)))
+            self._causal_received(
+                _HeldCausal(sender, key, msg_id, envelope, None, _view_id(envelope))
+            )
             return
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
@@ -593,7 +595,9 @@ class Messenger:
                 raise ProtocolViolation(
                     "bad_causal_stamp", f"the stamp of a broadcast from {key} does not count it"
                 )
-            self._causal_received(_HeldCausal(sender, msg_id, envelope, stamp, _view_id(envelope)))
+            self._causal_received(
+                _HeldCausal(sender, key, msg_id, envelope, stamp, _view_id(envelope))
+            )
             return
         if kind not in ("m", "b"):
             raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
@@ -742,9 +746,13 @@ class Messenger:
             if envelope.get("rq") is True:
                 self._send_control(sender, self._causal_baseline(request=False))
             return
+        lives, members = self._causal_lives, self._causal_members
         for other in stamp:
             if other == key:
                 continue
+            parsed = _key_life(other)
+            if parsed is not None and parsed[0] in members and lives.get(parsed[0]) == parsed[1]:
+                continue  # the life of a member: wait for it if need be
             self._note_causal_life(other)
             if not self._causal_live(other) and not self._causal_in.is_forgotten(other):
                 # A dependency on a member that left (or an earlier life):
@@ -1139,23 +1147,16 @@ class Messenger:
 @attrs.frozen
 class _HeldCausal:
     """
-    A causal broadcast (with its C{stamp}) or baseline (C{stamp} None) and
-    the id of the view its sender sent it in.
+    A causal broadcast (with its C{stamp}) or baseline (C{stamp} None) from
+    the life C{key} of C{sender}, and the id of the view it was sent in.
     """
 
     sender: str
+    key: str
     msg_id: MessageId
     envelope: dict[str, Any]
     stamp: VectorClock | None
     view_id: tuple[int, int]
-
-    @property
-    def key(self) -> str:
-        """
-        The sender's causal key.
-        """
-        key: str = self.envelope["ck"]
-        return key
 
 
 def _view_id(envelope: dict[str, Any]) -> tuple[int, int]:
