@@ -354,6 +354,33 @@ class CausalMembershipTests(SynchronousTestCase):
         self.assertEqual(self.bodies(received), {n: ["m"] for n in cluster.node_ids})
         checker.assert_ok()
 
+    def test_member_that_left_is_retired(self) -> None:
+        """
+        A member that leaves of its own accord never comes back as the same
+        process: the others retire its key, which leaves their clocks (a
+        crashed or cut-off member's key stays, as a high-water mark, since
+        it may come back).
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        n5 = cluster.nodes["n5"]
+        key = n5.messenger._causal_key
+        n5.broadcast("t", "bye", order="causal")
+        cluster.run(0.5)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            self.assertIn(key, cluster.nodes[node_id].messenger._causal_in.clock)
+        left: list[Any] = []
+        n5.leave().addBoth(left.append)
+        self.dropped(cluster, "n5", ("n1", "n2", "n3", "n4"))
+        cluster.run(0.5)
+        self.assertEqual(left, [None])
+        cluster.nodes["n1"].broadcast("t", "after", order="causal")
+        cluster.run(1.0)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            self.assertEqual(self.bodies(received)[node_id], ["bye", "after"])
+            self.assertNotIn(key, cluster.nodes[node_id].messenger._causal_in.clock)
+        checker.assert_ok()
+
 
 class TotalOrderTests(SynchronousTestCase):
     """

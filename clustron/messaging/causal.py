@@ -35,9 +35,10 @@ view, the key is tracked again from its mark; a broadcast at or below it
 may be in the past of something already delivered, so it is never
 delivered late (it counts as a duplicate), and the member's baseline
 (L{CausalReceiver.skip}) says which of the broadcasts above it will never
-come. A key whose process is gone for good (a newer incarnation of its node
-appeared) is L{retired <CausalReceiver.retire>}: forgotten, left out of
-the clock, never resumed.
+come. A key whose process will never broadcast again (a newer incarnation
+of its node appeared, or it left the cluster of its own accord) is
+L{retired <CausalReceiver.retire>}: forgotten, left out of the clock, never
+resumed.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ from clustron.errors import (
     UnknownMember,
 )
 from clustron.interfaces import ISerializer
-from clustron.membership.view import View
+from clustron.membership.view import LEAVING, View
 from clustron.messaging import total
 from clustron.messaging.causal import CausalBroadcaster, CausalReceiver, VectorClock
 from clustron.messaging.dedup import DedupWindow
@@ -168,6 +168,10 @@ class Messenger:
         # The newest process incarnation seen in a key of each node (this
         # node's own is this process's: any other key of it is dead).
         self._causal_lives: dict[str, int] = {node_id: incarnation}
+        # Nodes seen leaving of their own accord, with the (membership)
+        # incarnation they left with: their processes up to it never come
+        # back, so their keys are retired (left out of every clock).
+        self._causal_departed: dict[str, int] = {}
         self._causal_held: collections.deque[_HeldCausal] = collections.deque()
         self._causal_held_from: collections.Counter[str] = collections.Counter()
         self._member_lives: dict[str, int] = {}
@@ -465,6 +469,18 @@ class Messenger:
             if parsed is not None and parsed[1] > lives.get(parsed[0], -1):
                 lives[parsed[0]] = parsed[1]
         self._causal_lives = lives
+        listed = {m.node_id for m in view.members}
+        departed = {
+            node: life
+            for node, life in self._causal_departed.items()
+            if node in lives or node in listed
+        }
+        for member in view.members:
+            if member.state == LEAVING and member.node_id != self.node_id:
+                departed[member.node_id] = max(
+                    member.incarnation, departed.get(member.node_id, member.incarnation)
+                )
+        self._causal_departed = departed
         for key in sorted(known):
             if not self._causal_live(key):
                 self._forget_causal(key)
@@ -636,19 +652,28 @@ class Messenger:
         node, life = parsed
         if node == self.node_id:
             return key == self._causal_key
-        return node in self._causal_members and life >= self._causal_lives.get(node, life)
+        return (
+            node in self._causal_members
+            and life >= self._causal_lives.get(node, life)
+            and life > self._causal_departed.get(node, -1)
+        )
 
     def _causal_dead(self, key: str) -> bool:
         """
-        @return: whether C{key} is not a process's key, or an earlier life
-            of its node (a newer one was seen).
+        @return: whether C{key} is not a process's key, an earlier life of
+            its node (a newer one was seen), or the life of a node that left
+            the cluster of its own accord (it never comes back as the same
+            process).
         """
         parsed = _key_life(key)
         if parsed is None:
             return True
-        if parsed[0] == self.node_id:
+        node, life = parsed
+        if node == self.node_id:
             return key != self._causal_key
-        return parsed[1] < self._causal_lives.get(parsed[0], parsed[1])
+        return life < self._causal_lives.get(node, life) or life <= self._causal_departed.get(
+            node, -1
+        )
 
     def _forget_causal(self, key: str) -> None:
         """
@@ -754,9 +779,14 @@ class Messenger:
             if parsed is not None and parsed[0] in members and lives.get(parsed[0]) == parsed[1]:
                 continue  # the life of a member: wait for it if need be
             self._note_causal_life(other)
-            if not self._causal_live(other) and not self._causal_in.is_forgotten(other):
-                # A dependency on a member that left (or an earlier life):
-                # it can never be met.
+            if self._causal_live(other):
+                continue
+            # A dependency on a member that left (or on an earlier life):
+            # it can never be met.
+            receiver = self._causal_in
+            if not receiver.is_forgotten(other) or (
+                self._causal_dead(other) and not receiver.is_retired(other)
+            ):
                 self._forget_causal(other)
         self._deliver_causal(key, stamp, (sender, item.msg_id, envelope))
 
