@@ -274,6 +274,18 @@ class CausalReceiverTests(SynchronousTestCase):
         self.assertEqual(receiver.clock, vc(a=3, b=1))
         self.assertEqual(broadcaster.stamp(), vc(a=3, b=1, c=1))
 
+    def test_clock_bounded(self) -> None:
+        """
+        The clock has at most C{max_members} entries: the marks of the keys
+        forgotten longest ago are left out first.
+        """
+        receiver = CausalReceiver(max_members=3)
+        for node in ("a", "b", "c"):
+            receiver.receive(node, vc(**{node: 1}), node)
+            receiver.forget(node)
+        receiver.receive("d", vc(d=1), "d1")
+        self.assertEqual(receiver.clock, vc(b=1, c=1, d=1))
+
     def test_resume_from_mark(self) -> None:
         """
         A resumed member is tracked again from its high-water mark: its

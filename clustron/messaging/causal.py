@@ -265,15 +265,20 @@ class CausalReceiver:
         """
         The causal past of this member: per member key, how many of its
         broadcasts were delivered here, or, for a forgotten key that is not
-        retired, its high-water mark (see the module docstring).
+        retired, its high-water mark (see the module docstring). At most
+        C{max_members} entries: beyond that, the marks of the keys
+        forgotten longest ago are left out.
         """
         if not self._forgotten:
             return VectorClock(self._local)
-        entries = {
-            node: mark
-            for node, mark in self._forgotten.items()
-            if mark and node not in self._retired
-        }
+        room = self._max_members - len(self._local)
+        entries: dict[str, int] = {}
+        for node in reversed(self._forgotten):
+            if len(entries) >= room:
+                break
+            mark = self._forgotten[node]
+            if mark and node not in self._retired and node not in self._local:
+                entries[node] = mark
         entries.update(self._local)
         return VectorClock(entries)
 
