@@ -239,8 +239,10 @@ class CausalReceiverTests(SynchronousTestCase):
         self.assertEqual(receiver.forget("a"), ())
         self.assertEqual(receiver.buffered, 0)
         self.assertEqual(receiver.dropped, 1)
-        self.assertEqual(receiver.clock, vc())
+        # The clock keeps what was delivered of it, as its high-water mark.
+        self.assertEqual(receiver.clock, vc(a=1))
         self.assertTrue(receiver.is_forgotten("a"))
+        self.assertEqual(receiver.forgotten_keys(), ("a",))
         self.assertEqual(receiver.receive("a", vc(a=2), "a2"), Arrival(True, FORGOTTEN))
 
     def test_forget_releases_dependents(self) -> None:
@@ -256,6 +258,114 @@ class CausalReceiverTests(SynchronousTestCase):
         self.assertEqual(receiver.forget("a"), ("b1", "c1"))
         self.assertEqual(receiver.buffered, 0)
         self.assertEqual(receiver.receive("b", vc(a=9, b=2), "b2").deliver, ("b2",))
+
+    def test_forgotten_mark_stays_in_clock(self) -> None:
+        """
+        A forgotten member's entries in the stamps of delivered broadcasts
+        are ignored, but raise its high-water mark, which stays in the
+        clock: the stamps of this member's broadcasts keep counting the
+        forgotten member's broadcasts in their causal past.
+        """
+        receiver = CausalReceiver()
+        broadcaster = CausalBroadcaster("c", receiver)
+        receiver.receive("a", vc(a=1), "a1")
+        receiver.forget("a")
+        self.assertEqual(receiver.receive("b", vc(a=3, b=1), "b1").deliver, ("b1",))
+        self.assertEqual(receiver.clock, vc(a=3, b=1))
+        self.assertEqual(broadcaster.stamp(), vc(a=3, b=1, c=1))
+
+    def test_clock_bounded(self) -> None:
+        """
+        The clock has at most C{max_members} entries: the marks of the keys
+        forgotten longest ago are left out first.
+        """
+        receiver = CausalReceiver(max_members=3)
+        for node in ("a", "b", "c"):
+            receiver.receive(node, vc(**{node: 1}), node)
+            receiver.forget(node)
+        receiver.receive("d", vc(d=1), "d1")
+        self.assertEqual(receiver.clock, vc(b=1, c=1, d=1))
+
+    def test_resume_from_mark(self) -> None:
+        """
+        A resumed member is tracked again from its high-water mark: its
+        broadcasts at or below the mark are never delivered (they may be in
+        the past of what was delivered while it was forgotten), those above
+        it are, in order, once L{CausalReceiver.skip} closed the gaps its
+        member never sent here; and broadcasts that depend on it wait again.
+        """
+        receiver = CausalReceiver()
+        receiver.forget("a")
+        receiver.receive("b", vc(a=2, b=1), "b1")
+        self.assertTrue(receiver.resume("a"))
+        self.assertFalse(receiver.is_forgotten("a"))
+        self.assertFalse(receiver.resume("a"))
+        self.assertEqual(receiver.clock, vc(a=2, b=1))
+        self.assertEqual(receiver.receive("a", vc(a=2), "a2"), Arrival(True, DUPLICATE))
+        self.assertEqual(receiver.receive("a", vc(a=5), "a5"), Arrival(True, BUFFERED))
+        self.assertEqual(receiver.receive("b", vc(a=5, b=2), "b2"), Arrival(True, BUFFERED))
+        self.assertEqual(receiver.skip("a", 4), ("a5", "b2"))
+        self.assertEqual(receiver.receive("a", vc(a=6), "a6").deliver, ("a6",))
+        self.assertEqual(receiver.clock, vc(a=6, b=2))
+
+    def test_resume_after_nothing_known(self) -> None:
+        """
+        A member forgotten before anything of it was delivered or named is
+        resumed from zero.
+        """
+        receiver = CausalReceiver()
+        receiver.forget("a")
+        self.assertEqual(receiver.clock, vc())
+        self.assertTrue(receiver.resume("a"))
+        self.assertEqual(receiver.receive("a", vc(a=1), "a1").deliver, ("a1",))
+
+    def test_retire(self) -> None:
+        """
+        A retired member (its process is gone) is forgotten, left out of
+        the clock, and never resumed.
+        """
+        receiver = CausalReceiver()
+        receiver.receive("a", vc(a=2), "a2")
+        receiver.receive("b", vc(a=2, b=1), "b1")
+        self.assertEqual(receiver.retire("a"), ("b1",))
+        self.assertTrue(receiver.is_retired("a"))
+        self.assertTrue(receiver.is_forgotten("a"))
+        self.assertEqual(receiver.dropped, 1)
+        self.assertEqual(receiver.clock, vc(b=1))
+        self.assertFalse(receiver.resume("a"))
+        self.assertEqual(receiver.receive("a", vc(a=1), "a1"), Arrival(True, FORGOTTEN))
+
+    def test_known_keys(self) -> None:
+        """
+        The known members are those counted, with a floor or with buffered
+        broadcasts, and those named by a buffered broadcast's stamp; not the
+        forgotten ones.
+        """
+        receiver = CausalReceiver()
+        receiver.receive("a", vc(a=1), "a1")
+        receiver.receive("b", vc(b=1, c=1, d=2), "b1")
+        receiver.skip("e", 3)
+        self.assertEqual(receiver.known_keys(), {"a", "b", "c", "d", "e"})
+        receiver.forget("c")
+        self.assertEqual(receiver.known_keys(), {"a", "b", "d", "e"})
+
+    def test_skip(self) -> None:
+        """
+        L{CausalReceiver.skip} stops waiting for a member's broadcasts up to
+        a number that were not received by now; buffered ones below it are
+        still delivered in order, and the skip is remembered for what is
+        not received yet.
+        """
+        receiver = CausalReceiver()
+        receiver.receive("a", vc(a=2), "a2")
+        receiver.receive("b", vc(a=4, b=1), "b1")
+        self.assertEqual(receiver.skip("a", 4), ("a2", "b1"))
+        self.assertEqual(receiver.clock, vc(a=4, b=1))
+        self.assertEqual(receiver.receive("a", vc(a=3), "a3"), Arrival(True, DUPLICATE))
+        self.assertEqual(receiver.skip("a", 2), ())
+        self.assertEqual(receiver.skip("z", 0), ())
+        receiver.forget("a")
+        self.assertEqual(receiver.skip("a", 9), ())
 
     def test_forgotten_bounded(self) -> None:
         """
@@ -377,3 +487,61 @@ class CausalPropertyTests(SynchronousTestCase):
                 self.assertEqual(
                     stamps[one].happened_before(stamps[other]), one in depends[other]
                 )
+
+    @PROPERTY
+    @given(
+        processes=st.integers(min_value=2, max_value=4),
+        seed=st.integers(min_value=0, max_value=2**32),
+        steps=st.integers(min_value=0, max_value=150),
+    )
+    def test_forget_and_resume_never_violate_happens_before(
+        self, processes: int, seed: int, steps: int
+    ) -> None:
+        """
+        Processes broadcast and receive in a random order while each of
+        them forgets and resumes the others at random (as membership changes
+        would make it). Whatever is lost, no process ever delivers a
+        broadcast after one that it happened before, nor twice.
+        """
+        rng = random.Random(seed)
+        names = [f"p{i}" for i in range(processes)]
+        receivers = {name: CausalReceiver() for name in names}
+        broadcasters = {name: CausalBroadcaster(name, receivers[name]) for name in names}
+        inboxes: dict[str, list[tuple[str, VectorClock, Any]]] = {name: [] for name in names}
+        history: dict[str, list[Any]] = {name: [] for name in names}
+        delivered: dict[str, list[Any]] = {name: [] for name in names}
+        depends: dict[Any, set[Any]] = {}
+
+        for _ in range(steps):
+            name = rng.choice(names)
+            receiver = receivers[name]
+            roll = rng.random()
+            if roll < 0.1:
+                other = rng.choice([n for n in names if n != name])
+                if receiver.is_forgotten(other):
+                    receiver.resume(other)
+                else:
+                    for msg in receiver.forget(other):
+                        delivered[name].append(msg)
+                        history[name].append(msg)
+            elif roll < 0.45 or not inboxes[name]:
+                stamp = broadcasters[name].stamp()
+                msg = (name, stamp.at(name))
+                depends[msg] = set(history[name]).union(*(depends[m] for m in history[name]))
+                history[name].append(msg)
+                for other in names:
+                    inboxes[other].append((name, stamp, msg))
+            else:
+                inbox = inboxes[name]
+                sender, stamp, msg = inbox.pop(rng.randrange(len(inbox)))
+                for delivered_msg in receiver.receive(sender, stamp, msg).deliver:
+                    delivered[name].append(delivered_msg)
+                    history[name].append(delivered_msg)
+        for name in names:
+            order = delivered[name]
+            self.assertEqual(len(order), len(set(order)))
+            position = {msg: index for index, msg in enumerate(order)}
+            for msg in order:
+                for earlier in depends[msg]:
+                    if earlier in position:
+                        self.assertLess(position[earlier], position[msg])

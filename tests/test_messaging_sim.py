@@ -264,6 +264,162 @@ class CausalTests(SynchronousTestCase):
         checker.assert_ok()
 
 
+class CausalMembershipTests(SynchronousTestCase):
+    """
+    Causal broadcast across membership changes: every wait for a member
+    that left ends, members that come back are tracked again, and nothing
+    is ever delivered after what depends on it.
+    """
+
+    def dropped(self, cluster: Any, node_id: str, by: tuple[str, ...]) -> None:
+        self.assertTrue(
+            cluster.run_until(
+                lambda: all(not cluster.nodes[n].view.is_active_member(node_id) for n in by), 10
+            )
+        )
+
+    def bodies(self, received: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {node_id: [m.body for m in messages] for node_id, messages in received.items()}
+
+    def test_member_dropped_unawares_is_resumed(self) -> None:
+        """
+        A member cut off alone keeps its own view (it never sees itself
+        dropped) while the others drop it and forget its key. When the
+        partition heals, its causal broadcasts are delivered again: the
+        others resume its key and ask for its baseline.
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        cluster.nodes["n5"].broadcast("t", "before", order="causal")
+        cluster.run(0.5)
+        cluster.isolate("n5")
+        self.dropped(cluster, "n5", ("n1", "n2", "n3", "n4"))
+        self.assertTrue(cluster.nodes["n5"].view.is_active_member("n5"))
+        cluster.nodes["n1"].broadcast("t", "while-out", order="causal")
+        cluster.run(1.0)
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, 30))
+        cluster.run(2.0)
+        cluster.nodes["n5"].broadcast("t", "after", order="causal")
+        cluster.run(2.0)
+        bodies = self.bodies(received)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            self.assertEqual(bodies[node_id], ["before", "while-out", "after"])
+        self.assertEqual(bodies["n5"], ["before", "after"])
+        checker.assert_ok()
+
+    def test_rejoined_member_reaches_restarted_node(self) -> None:
+        """
+        A member that was dropped and rejoined broadcasts under the same key
+        as before (one key per process), so a node restarted later, which
+        never knew its earlier broadcasts, does not wait for them.
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        cluster.nodes["n4"].broadcast("t", "first", order="causal")
+        cluster.run(0.5)
+        cluster.pause("n4")
+        self.dropped(cluster, "n4", ("n1", "n2", "n3", "n5"))
+        cluster.resume("n4")
+        self.assertTrue(cluster.run_until(cluster.converged, 30))
+        cluster.nodes["n4"].broadcast("t", "rejoined", order="causal")
+        cluster.run(1.0)
+        cluster.crash("n2")
+        self.dropped(cluster, "n2", ("n1", "n3", "n4", "n5"))
+        restarted = cluster.restart("n2")
+        received["n2"] = []
+        restarted.on_message("t", received["n2"].append)
+        self.assertTrue(cluster.run_until(cluster.converged, 30))
+        cluster.run(1.0)
+        cluster.nodes["n4"].broadcast("t", "after-restart", order="causal")
+        cluster.run(2.0)
+        bodies = self.bodies(received)
+        self.assertEqual(bodies["n2"], ["after-restart"])
+        for node_id in ("n1", "n3", "n4", "n5"):
+            self.assertEqual(bodies[node_id], ["first", "rejoined", "after-restart"])
+        checker.assert_ok()
+
+    def test_resumed_member_never_delivers_its_past_late(self) -> None:
+        """
+        n1 misses n5's broadcast s1, which n2 delivers; n5 is then dropped
+        and n2 broadcasts t1, which depends on s1, while n5 is out: n1
+        delivers t1 without waiting for s1 (its sender left). When n5 comes
+        back, s1 reaches n1 at last, and must not be delivered after t1:
+        n2's stamp still counted s1 (a forgotten key keeps its high-water
+        mark in the clock), so n1 resumes n5's key past it.
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        cluster.cut_one_way("n5", "n1")
+        cluster.nodes["n5"].broadcast("t", "s1", order="causal")
+        cluster.run(0.3)
+        cluster.isolate("n5")
+        self.dropped(cluster, "n5", ("n1", "n2"))
+        cluster.nodes["n2"].broadcast("t", "t1", order="causal")
+        cluster.run(0.5)
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, 30))
+        cluster.run(2.0)
+        cluster.nodes["n5"].broadcast("t", "after", order="causal")
+        cluster.run(2.0)
+        bodies = self.bodies(received)
+        self.assertEqual(bodies["n1"], ["t1", "after"])
+        for node_id in ("n2", "n3", "n4"):
+            self.assertEqual(bodies[node_id], ["s1", "t1", "after"])
+        checker.assert_ok()
+
+    def test_broadcast_of_dropped_member_held_until_it_is_back(self) -> None:
+        """
+        A member the others dropped, which does not know it, broadcasts; its
+        broadcast reaches them while they do not list it. They hold it, and
+        deliver it once it is back in their view.
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        cluster.isolate("n5")
+        self.dropped(cluster, "n5", ("n1", "n2", "n3", "n4"))
+        cluster.heal()
+        cluster.cut_one_way("n1", "n5")
+        for node_id in ("n2", "n3", "n4"):
+            cluster.cut_one_way(node_id, "n5")
+            cluster.cut_one_way("n5", node_id)
+        cluster.nodes["n5"].broadcast("t", "m", order="causal")
+        cluster.run(0.3)
+        self.assertEqual(self.bodies(received)["n1"], [])
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, 30))
+        cluster.run(2.0)
+        self.assertEqual(self.bodies(received), {n: ["m"] for n in cluster.node_ids})
+        checker.assert_ok()
+
+    def test_member_that_left_is_retired(self) -> None:
+        """
+        A member that leaves of its own accord never comes back as the same
+        process: the others retire its key, which leaves their clocks (a
+        crashed or cut-off member's key stays, as a high-water mark, since
+        it may come back).
+        """
+        cluster, checker, _ = formed(size=5, seed=3)
+        received = collect(cluster)
+        n5 = cluster.nodes["n5"]
+        key = n5.messenger._causal_key
+        n5.broadcast("t", "bye", order="causal")
+        cluster.run(0.5)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            self.assertIn(key, cluster.nodes[node_id].messenger._causal_in.clock)
+        left: list[Any] = []
+        n5.leave().addBoth(left.append)
+        self.dropped(cluster, "n5", ("n1", "n2", "n3", "n4"))
+        cluster.run(0.5)
+        self.assertEqual(left, [None])
+        cluster.nodes["n1"].broadcast("t", "after", order="causal")
+        cluster.run(1.0)
+        for node_id in ("n1", "n2", "n3", "n4"):
+            self.assertEqual(self.bodies(received)[node_id], ["bye", "after"])
+            self.assertNotIn(key, cluster.nodes[node_id].messenger._causal_in.clock)
+        checker.assert_ok()
+
+
 class TotalOrderTests(SynchronousTestCase):
     """
     Total order: one sequence everywhere, through coordinator failure.

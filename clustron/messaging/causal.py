@@ -13,20 +13,32 @@ and its sender retransmits it). A broadcast is therefore delivered only
 after everything it causally depends on. The sender delivers its own
 broadcasts through its own receiver, like everyone else's.
 
-Clock keys are member identities. A removed member's key is forgotten for
-good (L{CausalReceiver.forget}), so a member that is removed and comes back
-must come back under a new key -- use C{"node_id:incarnation"} with an
-incarnation that changes on readmission.
+Clock keys are member identities; a node uses one key per process
+(C{"node_id:incarnation"}), so a restarted node comes back under a new key.
 
-Membership change: L{CausalReceiver.forget} drops the removed member's
-clock entry and every buffered broadcast I{from} it (none of them can be
-delivered any more: nothing from a removed member is), and from then on
-ignores that member's entry in the stamps of other members' broadcasts.
+Membership change: L{CausalReceiver.forget} stops waiting for a key whose
+member left the view: it drops every buffered broadcast I{from} it (none of
+them can be delivered any more: nothing from a removed member is), and from
+then on ignores that key's entry in the stamps of other members' broadcasts.
 Without this, a broadcast that depends on one of the removed member's
 broadcasts this node never received would wait forever, and with it every
 later broadcast of the same sender. So causality is kept for everything but
 the removed member's broadcasts that this node never delivered: those are
 lost (as they would be under virtual synchrony without a flush).
+
+A forgotten key keeps its entry in the clock, as a I{high-water mark}: the
+highest count of it that this receiver delivered or ignored in a delivered
+stamp. So a stamp always counts every broadcast in its sender's causal past,
+including those of members it stopped waiting for. That is what makes
+L{CausalReceiver.resume} safe: when the same process comes back into the
+view, the key is tracked again from its mark; a broadcast at or below it
+may be in the past of something already delivered, so it is never
+delivered late (it counts as a duplicate), and the member's baseline
+(L{CausalReceiver.skip}) says which of the broadcasts above it will never
+come. A key whose process will never broadcast again (a newer incarnation
+of its node appeared, or it left the cluster of its own accord) is
+L{retired <CausalReceiver.retire>}: forgotten, left out of the clock, never
+resumed.
 """
 
 from __future__ import annotations
@@ -224,8 +236,8 @@ class CausalReceiver:
         @param max_members: the most senders tracked; a broadcast from a new
             sender beyond it is refused until L{forget} makes room.
         @param max_forgotten: the most forgotten members remembered; beyond
-            it the oldest is dropped (and would be tracked afresh if it came
-            back under the same key).
+            it the oldest is dropped, with its high-water mark (and would be
+            tracked afresh if it came back under the same key).
         @raise ValueError: when a bound is out of range.
         """
         if max_buffer < 0:
@@ -240,7 +252,10 @@ class CausalReceiver:
         self._local: dict[str, int] = {}
         self._buffer: dict[str, dict[int, tuple[VectorClock, Any]]] = {}
         self._buffered = 0
-        self._forgotten: OrderedDict[str, None] = OrderedDict()
+        # Forgotten key -> its high-water mark (see the module docstring).
+        self._forgotten: OrderedDict[str, int] = OrderedDict()
+        # Forgotten keys left out of the clock for good (see retire()).
+        self._retired: set[str] = set()
         self._floors: dict[str, int] = {}
         #: How many buffered broadcasts L{forget} dropped (a metric).
         self.dropped = 0
@@ -248,10 +263,24 @@ class CausalReceiver:
     @property
     def clock(self) -> VectorClock:
         """
-        The delivered clock: per member, how many of its broadcasts were
-        delivered here.
+        The causal past of this member: per member key, how many of its
+        broadcasts were delivered here, or, for a forgotten key that is not
+        retired, its high-water mark (see the module docstring). At most
+        C{max_members} entries: beyond that, the marks of the keys
+        forgotten longest ago are left out.
         """
-        return VectorClock(self._local)
+        if not self._forgotten:
+            return VectorClock(self._local)
+        room = self._max_members - len(self._local)
+        entries: dict[str, int] = {}
+        for node in reversed(self._forgotten):
+            if len(entries) >= room:
+                break
+            mark = self._forgotten[node]
+            if mark and node not in self._retired and node not in self._local:
+                entries[node] = mark
+        entries.update(self._local)
+        return VectorClock(entries)
 
     @property
     def buffered(self) -> int:
@@ -266,6 +295,27 @@ class CausalReceiver:
             such).
         """
         return node in self._forgotten
+
+    def forgotten_keys(self) -> tuple[str, ...]:
+        """
+        @return: the forgotten members still remembered as such, the least
+            recently forgotten first.
+        """
+        return tuple(self._forgotten)
+
+    def known_keys(self) -> set[str]:
+        """
+        @return: every member this receiver counts or waits for and has not
+            forgotten: those with an entry in its clock, a floor (see
+            L{skip}) or buffered broadcasts, and those named in the stamp of
+            a buffered broadcast.
+        """
+        keys = set(self._local) | set(self._floors) | set(self._buffer)
+        for waiting in self._buffer.values():
+            for stamp, _ in waiting.values():
+                keys.update(stamp)
+        keys.difference_update(self._forgotten)
+        return keys
 
     def receive(self, sender: str, stamp: VectorClock, payload: Any) -> Arrival:
         """
@@ -302,7 +352,7 @@ class CausalReceiver:
             )
             return Arrival(False, TOO_MANY_STREAMS)
         if self._deliverable(sender, stamp):
-            self._local[sender] = number
+            self._delivered(sender, number, stamp)
             deliver = [payload]
             self._cascade(deliver)
             return Arrival(True, DELIVERED, tuple(deliver))
@@ -338,18 +388,18 @@ class CausalReceiver:
 
     def forget(self, node: str) -> tuple[Any, ...]:
         """
-        C{node} was removed from the view: drop its entry and its buffered
-        broadcasts, and stop waiting for its broadcasts (see the module
-        docstring).
+        C{node} was removed from the view: drop its entry (remembering its
+        high-water mark for L{resume}) and its buffered broadcasts, and stop
+        waiting for its broadcasts (see the module docstring).
 
         @return: the payloads of buffered broadcasts that only waited for
             C{node} and are now deliverable, in a causal order.
         """
-        self._forgotten[node] = None
-        self._forgotten.move_to_end(node)
+        mark = max(self._local.pop(node, 0), self._forgotten.pop(node, 0))
+        self._forgotten[node] = mark
         while len(self._forgotten) > self._max_forgotten:
-            self._forgotten.popitem(last=False)
-        self._local.pop(node, None)
+            oldest, _ = self._forgotten.popitem(last=False)
+            self._retired.discard(oldest)
         self._floors.pop(node, None)
         dropped = len(self._buffer.pop(node, {}))
         self._buffered -= dropped
@@ -364,6 +414,58 @@ class CausalReceiver:
             released=len(deliver),
         )
         return tuple(deliver)
+
+    def retire(self, node: str) -> tuple[Any, ...]:
+        """
+        C{node} will never broadcast again (its process is gone): forget it
+        (see L{forget}), leave it out of the clock and never resume it.
+
+        @return: as L{forget}.
+        """
+        released = self.forget(node)
+        if node in self._forgotten:
+            self._retired.add(node)
+        return released
+
+    def is_retired(self, node: str) -> bool:
+        """
+        @return: whether C{node} was retired (and is still remembered as
+            forgotten).
+        """
+        return node in self._retired
+
+    def resume(self, node: str) -> bool:
+        """
+        C{node}, forgotten, is back in the view (the same process): track it
+        again, counting its broadcasts as delivered up to its high-water
+        mark (see the module docstring). Its broadcasts above the mark are
+        delivered in order; the gaps its member never sent here are for
+        L{skip} to close, and until then broadcasts that depend on them
+        wait.
+
+        @return: whether it was resumed: False when it is not forgotten, is
+            retired, or when C{max_members} are tracked already (it stays
+            forgotten).
+        """
+        mark = self._forgotten.get(node)
+        if mark is None or node in self._retired:
+            return False
+        if mark and len(self._local.keys() | self._buffer.keys()) >= self._max_members:
+            return False
+        del self._forgotten[node]
+        if mark:
+            self._local[node] = mark
+        log.info("causal receiver resumed {node} after {mark}", node=node, mark=mark)
+        return True
+
+    def _delivered(self, sender: str, number: int, stamp: VectorClock) -> None:
+        self._local[sender] = number
+        if self._forgotten:
+            # Entries ignored in a delivered stamp raise their key's mark.
+            for node, value in stamp.items():
+                mark = self._forgotten.get(node)
+                if mark is not None and value > mark:
+                    self._forgotten[node] = value
 
     def _deliverable(self, sender: str, stamp: VectorClock) -> bool:
         if stamp.at(sender) != self._local.get(sender, 0) + 1:
@@ -399,7 +501,7 @@ class CausalReceiver:
                 if not waiting:
                     del self._buffer[sender]
                 self._buffered -= 1
-                self._local[sender] = number
+                self._delivered(sender, number, item[0])
                 deliver.append(item[1])
                 progress = True
 

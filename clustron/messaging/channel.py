@@ -31,10 +31,12 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import functools
 import random
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -55,7 +57,7 @@ from clustron.errors import (
     UnknownMember,
 )
 from clustron.interfaces import ISerializer
-from clustron.membership.view import View
+from clustron.membership.view import LEAVING, View
 from clustron.messaging import total
 from clustron.messaging.causal import CausalBroadcaster, CausalReceiver, VectorClock
 from clustron.messaging.dedup import DedupWindow
@@ -76,6 +78,8 @@ from clustron.observability.metrics import NodeMetrics, sample
 from clustron.wire.protocol import Encoded
 
 ORDERS = ("fifo", "causal", "total")
+#: The most causal envelopes held for a view newer than this node's.
+_MAX_CAUSAL_HELD = 1024
 _MAX_REQUESTS = 65536
 _MAX_TOPIC = 256
 _MAX_BULK_FRAMES_PER_PEER = 4096
@@ -150,15 +154,26 @@ class Messenger:
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
-        # Causal order: each life of this node in the group (each join) is a
-        # key of its own in the vector clocks, so a member that was dropped
-        # and came back starts a new entry rather than reusing one others
-        # have forgotten.
-        self._causal_joins = 0
-        self._causal_key = f"{node_id}:{incarnation}:0"
+        # Causal order: one key per process ("node_id:incarnation") in the
+        # vector clocks. Every causal envelope carries the id of the view its
+        # sender was in, and is judged against a view of this node's at least
+        # as new (it is held until then): a member missing from that view
+        # left, so its key is forgotten; one that is back is resumed and
+        # asked for its baseline (see view_changed).
+        self._causal_key = f"{node_id}:{incarnation}"
         self._causal_in = CausalReceiver()
         self._causal_out = CausalBroadcaster(self._causal_key, self._causal_in)
-        self._causal_keys: dict[str, set[str]] = {}
+        self._causal_view: tuple[int, int] | None = None
+        self._causal_members: frozenset[str] = frozenset()
+        # The newest process incarnation seen in a key of each node (this
+        # node's own is this process's: any other key of it is dead).
+        self._causal_lives: dict[str, int] = {node_id: incarnation}
+        # Nodes seen leaving of their own accord, with the (membership)
+        # incarnation they left with: their processes up to it never come
+        # back, so their keys are retired (left out of every clock).
+        self._causal_departed: dict[str, int] = {}
+        self._causal_held: collections.deque[_HeldCausal] = collections.deque()
+        self._causal_held_from: collections.Counter[str] = collections.Counter()
         self._member_lives: dict[str, int] = {}
         self.total = total.TotalOrder(
             node_id,
@@ -352,6 +367,7 @@ class Messenger:
             stamp = self._causal_out.stamp()
             envelope["vc"] = stamp.to_wire()
             envelope["ck"] = self._causal_key
+            envelope["vw"] = list(view.id)
             self._later(
                 self._deliver_causal, self._causal_key, stamp, (self.node_id, msg_id, envelope)
             )
@@ -386,32 +402,26 @@ class Messenger:
             hold them (by default a majority of the view's active members).
         """
         members = frozenset(view.active_ids()) if view is not None else frozenset()
-        # Causal bookkeeping follows the views this node is in: a member that
-        # left will never complete its entries, so stop waiting for them (one
-        # that comes back in a new life announces its new key with a
-        # baseline, and its old keys are forgotten then). While this node is
-        # itself out of the group it keeps what it knew, and compares when
-        # it is back.
+        in_view = view is not None and view.is_active_member(self.node_id)
+        was_member = self.node_id in self._members
+        # The members that (re)appeared: asked for their causal baseline.
         arrived: list[str] = []
-        if view is not None and view.is_active_member(self.node_id):
+        if in_view:
+            assert view is not None
             lives = {m.node_id: m.incarnation for m in view.active_members()}
             arrived = sorted(
                 node
                 for node, life in lives.items()
-                if node != self.node_id and self._member_lives.get(node) != life
+                if node != self.node_id and (not was_member or self._member_lives.get(node) != life)
             )
-            for gone in sorted(set(self._member_lives) - set(lives)):
-                for key in sorted(self._causal_keys.pop(gone, ())):
-                    self._release_causal(self._causal_in.forget(key))
             self._member_lives = lives
-        if view is None or not view.is_active_member(self.node_id):
+            gone_peers = sorted(self._members - members)
+        else:
             # This node is out of the group, not they: keep the streams (what
             # they sent and this node acknowledged must still be delivered)
             # until it is back or they leave a view it is in.
             members = frozenset()
-            gone_peers: list[str] = []
-        else:
-            gone_peers = sorted(self._members - members)
+            gone_peers = []
         for gone in gone_peers:
             self._sender.peer_left(gone)
             self._fifo_out.forget(gone)
@@ -423,37 +433,92 @@ class Messenger:
                     if timer.active():
                         timer.cancel()
                     d.errback(UnknownMember(f"{gone} left the view before replying"))
-        was_member = self.node_id in self._members
         self._members = members
-        if view is not None and self.node_id in members:
+        if in_view:
+            assert view is not None
             # Streams from those who left are kept, not forgotten: a sender
             # that did not see this node leave carries on with its stream,
             # and what this node took of it must still be delivered.
             self._fifo_in.set_members(members)
-            if not was_member:
-                self._causal_joins += 1
-                self._causal_key = f"{self.node_id}:{self.incarnation}:{self._causal_joins}"
-                self._causal_out = CausalBroadcaster(self._causal_key, self._causal_in)
-                arrived = sorted(members - {self.node_id})
+            self._causal_view_changed(view)
             # Tell each member that (re)appeared where this node's causal
-            # broadcasts to it begin: on the FIFO stream, before any of them.
+            # broadcasts to it begin (on the FIFO stream, before any of
+            # them), and ask for its own baseline.
             for node in arrived:
-                self._send_control(
-                    node, {"k": "cb", "ck": self._causal_key, "n": self._causal_out.sent}
-                )
+                self._send_control(node, self._causal_baseline(request=True))
             self.total.view_changed(
                 view.coordinator, view.epoch, members, acting, quorum, renewed=arrived
             )
             if not was_member:
                 self.total.joined_view()
-        elif was_member:
-            self.total.left_view()
+        else:
+            # Out of the group: causal envelopes are held until it is back.
+            self._causal_view = None
+            if was_member:
+                self.total.left_view()
+
+    def _causal_view_changed(self, view: View) -> None:
+        """
+        Causal bookkeeping follows the views this node is in. Keys of
+        members missing from the view, and earlier lives of members, are
+        forgotten (a dependency on them can never be met: stop waiting);
+        forgotten keys of members that are back are resumed (their baseline
+        was asked for); envelopes held for this view are judged.
+        """
+        self._causal_view = view.id
+        self._causal_members = frozenset(view.active_ids())
+        receiver = self._causal_in
+        known = receiver.known_keys()
+        forgotten = receiver.forgotten_keys()
+        lives = {
+            node: life for node, life in self._causal_lives.items() if node in self._causal_members
+        }
+        lives[self.node_id] = self.incarnation
+        for key in (*known, *forgotten):
+            parsed = _key_life(key)
+            if parsed is not None and parsed[1] > lives.get(parsed[0], -1):
+                lives[parsed[0]] = parsed[1]
+        self._causal_lives = lives
+        listed = {m.node_id for m in view.members}
+        departed = {
+            node: life
+            for node, life in self._causal_departed.items()
+            if node in lives or node in listed
+        }
+        for member in view.members:
+            if member.state == LEAVING and member.node_id != self.node_id:
+                departed[member.node_id] = max(
+                    member.incarnation, departed.get(member.node_id, member.incarnation)
+                )
+        self._causal_departed = departed
+        for key in sorted(known):
+            if not self._causal_live(key):
+                self._forget_causal(key)
+        for key in forgotten:
+            if self._causal_dead(key):
+                if not receiver.is_retired(key):
+                    self._forget_causal(key)
+            elif self._causal_live(key):
+                receiver.resume(key)
+        if self._causal_held:
+            held, self._causal_held = self._causal_held, collections.deque()
+            self._causal_held_from.clear()
+            for item in held:
+                if self._causal_dead(item.key):
+                    continue
+                if self._causal_ready(item):
+                    self._judge_causal(item)
+                else:
+                    self._causal_held.append(item)
+                    self._causal_held_from[item.key] += 1
 
     def stop(self) -> None:
         """
         Fail everything outstanding; stop timers.
         """
         self._running = False
+        self._causal_held.clear()
+        self._causal_held_from.clear()
         self._sender.stop()
         self._receiver.stop()
         self._reassembler.stop()
@@ -536,14 +601,12 @@ class Messenger:
                 or isinstance(upto, bool)
                 or not 0 <= upto < 2**62
                 or not self._is_causal_key(sender, key)
+                or not isinstance(envelope.get("rq", False), bool)
             ):
                 raise ProtocolViolation("malformed_message", "bad causal baseline")
-            for old_key in sorted(self._causal_keys.get(sender, set()) - {key}):
-                # An earlier life of the sender: it will never complete.
-                self._causal_keys[sender].discard(old_key)
-                self._release_causal(self._causal_in.forget(old_key))
-            self._note_causal_key(sender, key)
-            self._release_causal(self._causal_in.skip(key, upto))
+            self._causal_received(
+                _HeldCausal(sender, key, msg_id, envelope, None, _view_id(envelope))
+            )
             return
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
@@ -554,8 +617,13 @@ class Messenger:
             key = envelope.get("ck")
             if not self._is_causal_key(sender, key):
                 raise ProtocolViolation("malformed_message", "bad causal key")
-            self._note_causal_key(sender, key)
-            self._deliver_causal(key, stamp, (sender, msg_id, envelope))
+            if stamp.at(key) < 1:
+                raise ProtocolViolation(
+                    "bad_causal_stamp", f"the stamp of a broadcast from {key} does not count it"
+                )
+            self._causal_received(
+                _HeldCausal(sender, key, msg_id, envelope, stamp, _view_id(envelope))
+            )
             return
         if kind not in ("m", "b"):
             raise ProtocolViolation("malformed_message", f"unknown kind {kind!r}")
@@ -578,12 +646,159 @@ class Messenger:
     @staticmethod
     def _is_causal_key(sender: str, key: Any) -> bool:
         # A sender speaks only for its own lives.
-        return isinstance(key, str) and len(key) <= 160 and key.startswith(sender + ":")
+        if not isinstance(key, str):
+            return False
+        parsed = _key_life(key)
+        return parsed is not None and parsed[0] == sender
 
-    def _note_causal_key(self, sender: str, key: str) -> None:
-        keys = self._causal_keys.setdefault(sender, set())
-        if key not in keys and len(keys) < 16:
-            keys.add(key)
+    def _causal_live(self, key: str) -> bool:
+        """
+        @return: whether C{key} is the life of a member of this node's view
+            (not an earlier life of one).
+        """
+        parsed = _key_life(key)
+        if parsed is None:
+            return False
+        node, life = parsed
+        if node == self.node_id:
+            return key == self._causal_key
+        return (
+            node in self._causal_members
+            and life >= self._causal_lives.get(node, life)
+            and life > self._causal_departed.get(node, -1)
+        )
+
+    def _causal_dead(self, key: str) -> bool:
+        """
+        @return: whether C{key} is not a process's key, an earlier life of
+            its node (a newer one was seen), or the life of a node that left
+            the cluster of its own accord (it never comes back as the same
+            process).
+        """
+        parsed = _key_life(key)
+        if parsed is None:
+            return True
+        node, life = parsed
+        if node == self.node_id:
+            return key != self._causal_key
+        return life < self._causal_lives.get(node, life) or life <= self._causal_departed.get(
+            node, -1
+        )
+
+    def _forget_causal(self, key: str) -> None:
+        """
+        Stop waiting for C{key}: it left the view, or (retired for good) it
+        is an earlier life of its node.
+        """
+        if self._causal_dead(key):
+            self._release_causal(self._causal_in.retire(key))
+        else:
+            self._release_causal(self._causal_in.forget(key))
+
+    def _note_causal_life(self, key: str) -> None:
+        """
+        A key was seen: when it is a newer life of its node, the earlier
+        ones will never complete (that process is gone): forget them.
+        """
+        parsed = _key_life(key)
+        if parsed is None:
+            return
+        node, life = parsed
+        newest = self._causal_lives.get(node)
+        if node == self.node_id or (newest is not None and life <= newest):
+            return
+        self._causal_lives[node] = life
+        if newest is None:
+            return
+        receiver = self._causal_in
+        for old in sorted({*receiver.known_keys(), *receiver.forgotten_keys()}):
+            if old.startswith(node + ":") and self._causal_dead(old):
+                if not receiver.is_retired(old):
+                    self._forget_causal(old)
+
+    def _causal_baseline(self, request: bool) -> dict[str, Any]:
+        """
+        @return: this node's causal baseline for a member: its broadcasts up
+            to C{n} that the member has not received by now never will. With
+            C{rq}, the member answers with its own.
+        """
+        assert self._causal_view is not None
+        return {
+            "k": "cb",
+            "ck": self._causal_key,
+            "n": self._causal_out.sent,
+            "vw": list(self._causal_view),
+            "rq": request,
+        }
+
+    def _causal_received(self, item: _HeldCausal) -> None:
+        """
+        A causal broadcast or baseline arrived: judge it now if it is ready
+        (see L{_causal_ready}), or hold it until it is. What an earlier life
+        of a member sent is dropped.
+        """
+        self._note_causal_life(item.key)
+        if self._causal_dead(item.key):
+            self.log.debug("causal envelope from {key} dropped: an earlier life", key=item.key)
+            return
+        if self._causal_ready(item):
+            self._judge_causal(item)
+            return
+        if len(self._causal_held) >= _MAX_CAUSAL_HELD:
+            oldest = self._causal_held.popleft()
+            self._causal_held_from[oldest.key] -= 1
+            self.log.warn(
+                "too many causal envelopes held: dropped the oldest, from {key}", key=oldest.key
+            )
+        self._causal_held.append(item)
+        self._causal_held_from[item.key] += 1
+
+    def _causal_ready(self, item: _HeldCausal) -> bool:
+        """
+        @return: whether a causal envelope can be judged: this node is in a
+            view at least as new as the one it was sent in, its sender is a
+            member of that view, and nothing its sender sent before is held.
+            (One from a member that left is held too: if that member comes
+            back, what it sent is delivered then.)
+        """
+        return (
+            self._causal_view is not None
+            and item.view_id <= self._causal_view
+            and not self._causal_held_from[item.key]
+            and self._causal_live(item.key)
+        )
+
+    def _judge_causal(self, item: _HeldCausal) -> None:
+        """
+        Take a causal broadcast or baseline that is ready (see
+        L{_causal_ready}). A dependency on a key that is not the life of a
+        member of this node's view can never be met (its member left the
+        view, or its process is gone): the receiver stops waiting for it.
+        """
+        sender, envelope, stamp, key = item.sender, item.envelope, item.stamp, item.key
+        if stamp is None:
+            self._release_causal(self._causal_in.skip(key, envelope["n"]))
+            if envelope.get("rq") is True:
+                self._send_control(sender, self._causal_baseline(request=False))
+            return
+        lives, members = self._causal_lives, self._causal_members
+        for other in stamp:
+            if other == key:
+                continue
+            parsed = _key_life(other)
+            if parsed is not None and parsed[0] in members and lives.get(parsed[0]) == parsed[1]:
+                continue  # the life of a member: wait for it if need be
+            self._note_causal_life(other)
+            if self._causal_live(other):
+                continue
+            # A dependency on a member that left (or on an earlier life):
+            # it can never be met.
+            receiver = self._causal_in
+            if not receiver.is_forgotten(other) or (
+                self._causal_dead(other) and not receiver.is_retired(other)
+            ):
+                self._forget_causal(other)
+        self._deliver_causal(key, stamp, (sender, item.msg_id, envelope))
 
     def _deliver_causal(
         self, key: str, stamp: VectorClock, payload: tuple[str, MessageId, dict[str, Any]]
@@ -967,6 +1182,48 @@ class Messenger:
         fields["time"] = self.clock.seconds()
         for observer in self.observers:
             observer(kind, fields)
+
+
+@attrs.frozen
+class _HeldCausal:
+    """
+    A causal broadcast (with its C{stamp}) or baseline (C{stamp} None) from
+    the life C{key} of C{sender}, and the id of the view it was sent in.
+    """
+
+    sender: str
+    key: str
+    msg_id: MessageId
+    envelope: dict[str, Any]
+    stamp: VectorClock | None
+    view_id: tuple[int, int]
+
+
+def _view_id(envelope: dict[str, Any]) -> tuple[int, int]:
+    """
+    @return: the view id (C{vw}) a causal envelope carries.
+    @raise ProtocolViolation: when it is missing or not two counts.
+    """
+    value = envelope.get("vw")
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in value)
+    ):
+        raise ProtocolViolation("malformed_message", "bad view id in a causal envelope")
+    return (value[0], value[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_life(key: str) -> tuple[str, int] | None:
+    """
+    @return: the node id and process incarnation a causal key
+        (C{"node_id:incarnation"}) names, or None when it is not one.
+    """
+    node, _, life = key.partition(":")
+    if not node or len(key) > 160 or not (life.isascii() and life.isdigit()) or len(life) > 20:
+        return None
+    return (node, int(life))
 
 
 def _end_span(result: Any, span: Any) -> Any:
