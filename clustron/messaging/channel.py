@@ -145,8 +145,10 @@ class Messenger:
             max_ack_batch=_MAX_ACK_BATCH,
             coalesce=True,
         )
-        self._sent_counters: dict[tuple[str, str], Any] = {}
-        self._received_counters: dict[tuple[str, str], Any] = {}
+        # Messages counted by envelope kind, labelled when scraped.
+        metrics.message_labels = _labels
+        self._sent_counts = metrics.messages_sent.counts
+        self._received_counts = metrics.messages_received.counts
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
@@ -538,7 +540,9 @@ class Messenger:
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
             raise ProtocolViolation("malformed_message", "bad topic")
-        _counter(self._received_counters, self.metrics.messages_received, kind).inc()
+        if kind in _KIND_LABELS:  # a peer's unknown kinds must not grow the dict
+            counts = self._received_counts
+            counts[kind] = counts.get(kind, 0) + 1
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
             key = envelope.get("ck")
@@ -781,7 +785,8 @@ class Messenger:
             envelope["type"] = "u"
             try:
                 wire = self._encode(envelope)
-                _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
+                counts = self._sent_counts
+                counts[kind] = counts.get(kind, 0) + 1
                 self._transmit(to, wire)
             except ClustronError as e:
                 self._send_acks(to, acks)
@@ -796,7 +801,8 @@ class Messenger:
             self._fifo_out.settle(to, stamp)
             self._send_acks(to, acks)
             return fail(e)
-        _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
+        counts = self._sent_counts
+        counts[kind] = counts.get(kind, 0) + 1
         d = self._sender.submit(to, wire)
 
         def settle(result: Any, stamp: FifoStamp = stamp) -> Any:
@@ -986,18 +992,6 @@ class _EncodedEnvelope(dict):  # type: ignore[type-arg]
     """
 
     __slots__ = ("payload",)
-
-
-def _counter(cache: dict[tuple[str, str], Any], family: Any, kind: Any) -> Any:
-    """
-    The child of a messages metric family for an envelope kind, looked up
-    once per label pair (C{labels()} costs more than the count).
-    """
-    labels = _labels(kind)
-    child = cache.get(labels)
-    if child is None:
-        child = cache[labels] = family.labels(*labels)
-    return child
 
 
 def _labels(kind: Any) -> tuple[str, str]:

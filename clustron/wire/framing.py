@@ -100,6 +100,11 @@ class IIntegrity(Protocol):
         @return: whether C{trailer} is valid for C{data}.
         """
 
+    def seal_parts(self, header: bytes, payload: bytes) -> bytes:
+        """
+        @return: the trailer for C{header + payload}, without building it.
+        """
+
 
 class Crc32:
     """
@@ -122,6 +127,18 @@ class Crc32:
         """
         return _LENGTH.pack(zlib.crc32(data)) == trailer
 
+    def seal_parts(self, header: bytes, payload: bytes) -> bytes:
+        """
+        @return: the big-endian CRC32 of C{header + payload} (the CRC of a
+            header is computed once and continued over the payload).
+        """
+        start = _HEADER_CRCS.get(header)
+        if start is None:
+            start = zlib.crc32(header)
+            if len(_HEADER_CRCS) < 4096:
+                _HEADER_CRCS[header] = start
+        return _LENGTH.pack(zlib.crc32(payload, start))
+
 
 class NoIntegrity:
     """
@@ -143,6 +160,12 @@ class NoIntegrity:
         @return: True: there is nothing to check.
         """
         return True
+
+    def seal_parts(self, header: bytes, payload: bytes) -> bytes:
+        """
+        @return: an empty trailer.
+        """
+        return b""
 
 
 _COUNTER = struct.Struct(">Q")
@@ -192,6 +215,17 @@ class HmacSha256:
         tag = hmac.new(self._primary, self._session + counter + data, hashlib.sha256).digest()
         return counter + self._primary_id + tag
 
+    def seal_parts(self, header: bytes, payload: bytes) -> bytes:
+        """
+        @return: the trailer for the next frame sent, C{header + payload}
+            being its data.
+        """
+        self._sent += 1
+        counter = _COUNTER.pack(self._sent)
+        mac = hmac.new(self._primary, self._session + counter + header, hashlib.sha256)
+        mac.update(payload)
+        return counter + self._primary_id + mac.digest()
+
     def check(self, data: bytes, trailer: bytes) -> bool:
         """
         @return: whether the trailer is a valid, fresh signature of C{data}.
@@ -219,14 +253,33 @@ def encode_frame(
     """
     Build the bytes of one frame, length prefix included.
     """
-    body = (
-        _HEADER.pack(
-            MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR, integrity.flag, serializer_id, frame_type
-        )
-        + payload
+    flag = integrity.flag
+    header = _HEADERS.get((flag, serializer_id, frame_type))
+    if header is None:
+        header = _header(flag, serializer_id, frame_type)
+    trailer = integrity.seal_parts(header, payload)
+    return b"".join(
+        (_LENGTH.pack(HEADER_SIZE + len(payload) + len(trailer)), header, payload, trailer)
     )
-    trailer = integrity.seal(body)
-    return _LENGTH.pack(len(body) + len(trailer)) + body + trailer
+
+
+#: Frame headers already packed, by C{(flag, serializer_id, frame_type)}.
+_HEADERS: dict[tuple[int, int, int], bytes] = {}
+
+#: The CRC32 of each header in L{_HEADERS}.
+_HEADER_CRCS: dict[bytes, int] = {}
+
+
+def _header(flag: int, serializer_id: int, frame_type: int) -> bytes:
+    """
+    Pack a frame header (and remember it: there are few distinct ones).
+
+    @raise struct.error: when a field does not fit its byte.
+    """
+    header = _HEADER.pack(MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR, flag, serializer_id, frame_type)
+    if len(_HEADERS) < 4096:
+        _HEADERS[(flag, serializer_id, frame_type)] = header
+    return header
 
 
 class FrameDecoder:
@@ -279,27 +332,38 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        buffer = self._buffer
-        buffer += data
+        held = self._buffer
+        if held:
+            held += data
+            buffer: bytes | bytearray = held
+        else:
+            # Nothing held back: read the frames straight from the bytes
+            # received, without copying them into the buffer first.
+            buffer = data if type(data) is bytes else bytes(data)
         frames: list[Frame] = []
         offset = 0
         end = len(buffer)
-        integrity = self._integrity
-        trailer_size = integrity.trailer_size
+        view = memoryview(buffer)
+        trailer_size = self._integrity.trailer_size
+        minimum = self._minimum
+        max_frame_bytes = self.max_frame_bytes
+        handshake_integrity = self._handshake_integrity
+        unpack_length = _LENGTH.unpack_from
+        unpack_header = _HEADER.unpack_from
         try:
             while end - offset >= 4:
-                (length,) = _LENGTH.unpack_from(buffer, offset)
-                if length > self.max_frame_bytes:
+                (length,) = unpack_length(buffer, offset)
+                if length > max_frame_bytes:
                     raise FrameError(
                         "oversized",
-                        f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}",
+                        f"frame of {length} bytes exceeds max_frame_bytes={max_frame_bytes}",
                     )
-                if length < self._minimum:
+                if length < minimum:
                     raise FrameError("undersized", f"frame of {length} bytes is too short")
                 if end - offset - 4 < length:
                     break
                 start = offset + 4
-                magic, major, _minor, flags, serializer_id, frame_type = _HEADER.unpack_from(
+                magic, major, _minor, flags, serializer_id, frame_type = unpack_header(
                     buffer, start
                 )
                 if magic != MAGIC:
@@ -311,30 +375,35 @@ class FrameDecoder:
                     )
                 stop = start + length
                 body_end = stop - trailer_size
-                if self._handshake_integrity is not None and frame_type in HANDSHAKE_TYPES:
-                    integrity = self._handshake_integrity
-                else:
-                    integrity = self._integrity
                 if trailer_size or flags & (FLAG_CRC32 | FLAG_HMAC):
+                    if handshake_integrity is not None and frame_type in HANDSHAKE_TYPES:
+                        integrity = handshake_integrity
+                    else:
+                        integrity = self._integrity
                     if flags & (FLAG_CRC32 | FLAG_HMAC) != integrity.flag:
                         raise FrameError(
                             "integrity_mismatch",
                             f"frame flags {flags:#x}, connection expects {integrity.flag:#x}",
                         )
-                    body = bytes(buffer[start:body_end])
-                    if not integrity.check(body, bytes(buffer[body_end:stop])):
+                    if not integrity.check(view[start:body_end], bytes(view[body_end:stop])):
                         raise FrameError(
                             "bad_signature" if integrity.flag == FLAG_HMAC else "bad_checksum"
                         )
-                    payload = body[HEADER_SIZE:]
+                if held:
+                    payload = bytes(view[start + HEADER_SIZE : body_end])
                 else:
-                    payload = bytes(buffer[start + HEADER_SIZE : body_end])
+                    payload = buffer[start + HEADER_SIZE : body_end]  # type: ignore[assignment]
                 frames.append(Frame(frame_type, serializer_id, flags, payload))
                 offset = stop
         except FrameError as e:
             self._error = e
+            view.release()
             self._buffer = bytearray()
             raise
-        if offset:
-            del buffer[:offset]
+        view.release()
+        if held:
+            if offset:
+                del held[:offset]
+        elif offset < end:
+            self._buffer = bytearray(buffer[offset:])
         return frames

@@ -69,17 +69,6 @@ class Encoded:
         return f"Encoded({len(self.payload)} bytes, serializer {self.serializer_id})"
 
 
-def _by_frame_type(cache: dict[int, Any], family: Any, frame_type: int) -> Any:
-    """
-    The child of a metric family labelled with a frame type's name, looked
-    up once per connection and type (C{labels()} costs more than the count).
-    """
-    child = cache.get(frame_type)
-    if child is None:
-        child = cache[frame_type] = family.labels(FRAME_TYPE_NAMES.get(frame_type, "other"))
-    return child
-
-
 class PeerProtocolOwner(TypingProtocol):
     """
     What a L{PeerProtocol} reports to (the L{clustron.wire.mesh.Mesh}).
@@ -182,8 +171,12 @@ class PeerProtocol(Protocol):
         self._queue: collections.deque[bytes] = collections.deque()
         self._priority: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
-        self._frames_sent: dict[int, Any] = {}
-        self._frames_received: dict[int, Any] = {}
+        # Per-frame counts, kept as plain numbers (see NodeMetrics).
+        metrics = owner.metrics
+        self._frames_sent = metrics.frames_sent.counts
+        self._frames_received = metrics.frames_received.counts
+        self._bytes_sent = metrics.bytes_sent
+        self._bytes_received = metrics.bytes_received
 
     # -- Twisted callbacks ---------------------------------------------------
 
@@ -219,7 +212,7 @@ class PeerProtocol(Protocol):
         """
         if self.closed:
             return
-        self.owner.metrics.bytes_received.inc(len(data))
+        self._bytes_received.value += len(data)
         try:
             frames = self._decoder.feed(data)
         except FrameError as e:
@@ -314,19 +307,24 @@ class PeerProtocol(Protocol):
         if self.closed:
             raise QueueFull("connection is closed")
         if type(body) is Encoded:
-            data = framing.encode_frame(
-                frame_type, body.payload, body.serializer_id, self._integrity
-            )
+            payload = body.payload
+            serializer_id = body.serializer_id
         else:
             payload = self.serializer.dumps(body)
-            data = framing.encode_frame(
-                frame_type, payload, self.serializer.wire_id, self._integrity
-            )
+            serializer_id = self.serializer.wire_id
+        data = framing.encode_frame(frame_type, payload, serializer_id, self._integrity)
         if len(data) - 4 > self.owner.max_frame_bytes:
             raise SerializationError(
                 f"frame of {len(data) - 4} bytes exceeds "
                 f"max_frame_bytes={self.owner.max_frame_bytes}"
             )
+        if not self._paused and not self._queue and not self._priority:
+            # The common case, as in _write_raw.
+            counts = self._frames_sent
+            counts[frame_type] = counts.get(frame_type, 0) + 1
+            self._bytes_sent.value += len(data)
+            self.transport.write(data)
+            return
         self.send_encoded(frame_type, data, priority)
 
     def send_encoded(self, frame_type: int, data: bytes, priority: bool = False) -> None:
@@ -348,7 +346,8 @@ class PeerProtocol(Protocol):
         (self._priority if priority else self._queue).append(data)
         self._queued_bytes += len(data)
         self.owner.metrics.send_queue_frames.inc()
-        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
+        counts = self._frames_sent
+        counts[frame_type] = counts.get(frame_type, 0) + 1
         if not self._paused:
             self._flush()
 
@@ -379,7 +378,7 @@ class PeerProtocol(Protocol):
             data = (self._priority or self._queue).popleft()
             self._queued_bytes -= len(data)
             self.owner.metrics.send_queue_frames.dec()
-            self.owner.metrics.bytes_sent.inc(len(data))
+            self._bytes_sent.value += len(data)
             self.transport.write(data)
 
     def _discard_queue(self) -> None:
@@ -397,13 +396,20 @@ class PeerProtocol(Protocol):
         self.transport.loseConnection()
 
     def _write_raw(self, data: bytes, frame_type: int) -> None:
-        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
-        self.owner.metrics.bytes_sent.inc(len(data))
+        counts = self._frames_sent
+        counts[frame_type] = counts.get(frame_type, 0) + 1
+        self._bytes_sent.value += len(data)
         self.transport.write(data)
 
     def _frame(self, frame: Frame) -> None:
         frame_type = frame.frame_type
-        _by_frame_type(self._frames_received, self.owner.metrics.frames_received, frame_type).inc()
+        counts = self._frames_received
+        counts[frame_type] = counts.get(frame_type, 0) + 1
+        if self.established and frame_type >= framing.CONTROL and frame_type != framing.PROOF:
+            # The common case (CONTROL, HEARTBEAT, MESSAGE and unknown types
+            # on an established connection), as below.
+            self.owner.frame_received(self, frame_type, self._decode(frame))
+            return
         if frame_type == framing.REJECT:
             reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
             self.rejection = reject
