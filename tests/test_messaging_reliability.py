@@ -127,10 +127,67 @@ class SenderTests(SynchronousTestCase):
         d = self.sender.submit("b", envelope(1))
         self.assertTrue(self.sender.ack("b", MessageId("me", 1, 1)))
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.sender.in_flight("b"), 0)
+        # The destination's timer is left to lapse (an acknowledgement does
+        # not touch it): it retransmits nothing and is not set again.
         self.clock.advance(100)
         self.assertEqual(len(self.sent), 1)
-        self.assertEqual(self.sender.in_flight("b"), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ack_by_string(self) -> None:
+        """
+        An acknowledgement may name the id in its string form.
+        """
+        d = self.sender.submit("b", envelope(1))
+        self.assertTrue(self.sender.ack("b", "me:1:1"))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_one_timer_per_destination(self) -> None:
+        """
+        However many envelopes are in flight to a destination, one timer
+        retransmits them; each keeps its own backoff.
+        """
+        sender = ReliableSender(
+            self.clock,
+            lambda to, env: self.sent.append((to, env)),
+            retry_initial=0.2,
+            retry_max=5.0,
+            rng=random.Random(4),
+        )
+        for n in range(50):
+            sender.submit("b", envelope(n))
+            self.clock.advance(0.001)
+        sender.submit("c", envelope(99))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.sent), 51 + 51)  # everything was retransmitted once
+        self.assertEqual(sender.retransmissions, 51)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+
+    def test_retransmission_not_early_nor_much_late(self) -> None:
+        """
+        Every retransmission comes at or after the delay drawn for it (at
+        least half of C{retry_initial} at first), and at most
+        C{retry_initial / 4} after it.
+        """
+        times: dict[str, list[float]] = {}
+
+        def send(to: str, env: dict[str, Any]) -> None:
+            times.setdefault(env["id"], []).append(self.clock.seconds())
+
+        sender = ReliableSender(self.clock, send, 0.2, 5.0, random.Random(5))
+        for n in range(40):
+            sender.submit("b", envelope(n))
+            self.clock.advance(0.013)
+        for _ in range(400):
+            self.clock.advance(0.01)
+        for sent in times.values():
+            gaps = [later - earlier for earlier, later in zip(sent, sent[1:], strict=False)]
+            self.assertGreaterEqual(len(gaps), 3)
+            for attempt, gap in enumerate(gaps):
+                ceiling = min(5.0, 0.2 * 2**attempt)
+                self.assertGreaterEqual(gap, ceiling / 2 - 1e-9)
+                self.assertLessEqual(gap, ceiling + 0.05 + 0.01 + 1e-9)  # slack, clock step
 
     def test_ack_from_another_node(self) -> None:
         """
@@ -398,6 +455,8 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(results, [[None]] * count)
         self.assertEqual(sorted(taken), list(range(count)))
         self.assertTrue(all(0 <= delay <= retry_max for delay in clock.delays))
+        # Once everything is acknowledged the timers lapse.
+        clock.advance(retry_max)
         self.assertEqual(clock.getDelayedCalls(), [])
 
 

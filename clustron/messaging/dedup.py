@@ -104,10 +104,11 @@ class DedupWindow:
         @return: whether C{msg_id} was recorded (and not evicted); changes
             nothing.
         """
-        stream = self._streams.get(msg_id.stream)
+        stream = self._streams.get((msg_id.node_id, msg_id.incarnation))
         if stream is None:
             return False
-        return msg_id.counter <= stream.low or msg_id.counter in stream.above
+        counter = msg_id.counter
+        return counter <= stream.low or counter in stream.above
 
     def seen(self, msg_id: MessageId) -> bool:
         """
@@ -118,25 +119,40 @@ class DedupWindow:
         """
         if self.contains(msg_id):
             return True
-        key = msg_id.stream
+        self.record(msg_id)
+        return False
+
+    def record(self, msg_id: MessageId) -> None:
+        """
+        Record C{msg_id}, which L{contains} just said is not recorded (the
+        second half of L{seen}, for callers that asked already).
+        """
+        key = (msg_id.node_id, msg_id.incarnation)
         counter = msg_id.counter
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream()
+        recency = self._recency
         if counter == stream.low + 1:
+            above = stream.above
+            if above:
+                while counter + 1 in above:
+                    counter += 1
+                    above.remove(counter)
+                    del recency[(key[0], key[1], counter)]
             stream.low = counter
-            while stream.low + 1 in stream.above:
-                stream.low += 1
-                stream.above.remove(stream.low)
-                del self._recency[(key[0], key[1], stream.low)]
+            if key in recency:
+                # After the counter entries, to keep the invariant.
+                recency.move_to_end(key)
+                return  # nothing was added: nothing to evict
         else:
             stream.above.add(counter)
-            self._recency[(key[0], key[1], counter)] = None
-        # After the counter's entry, to keep the invariant.
-        self._recency[key] = None
-        self._recency.move_to_end(key)
-        self._evict()
-        return False
+            recency[(key[0], key[1], counter)] = None
+            if key in recency:
+                recency.move_to_end(key)
+        recency[key] = None
+        if len(recency) > self._limit:
+            self._evict()
 
     def forget(self, node_id: str) -> None:
         """

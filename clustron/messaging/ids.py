@@ -102,10 +102,36 @@ class MessageId:
                     f"message id {text!r}: {name} {number!r} is not a decimal number"
                     " without sign or leading zeros"
                 )
+        if node_id in _VALID_NODE_IDS and cls is MessageId:
+            # A node id seen valid before: only the numbers need checking,
+            # and the validators (which cost more than the rest) are skipped.
+            first, second = int(incarnation), int(counter)
+            if first <= MAX_NUMBER and second <= MAX_NUMBER:
+                return _make(node_id, first, second)
         try:
-            return cls(node_id, int(incarnation), int(counter))
+            msg_id = cls(node_id, int(incarnation), int(counter))
         except (TypeError, ValueError) as e:
             raise ValueError(f"message id {text!r}: {e}") from None
+        if len(_VALID_NODE_IDS) >= _VALID_NODE_IDS_KEPT:
+            _VALID_NODE_IDS.clear()
+        _VALID_NODE_IDS[node_id] = None
+        return msg_id
+
+
+#: Node ids that passed validation (a bounded memo for L{MessageId.parse}).
+_VALID_NODE_IDS: dict[str, None] = {}
+_VALID_NODE_IDS_KEPT = 4096
+
+
+def _make(node_id: str, incarnation: int, counter: int) -> MessageId:
+    """
+    A L{MessageId} of values known valid, without running the validators.
+    """
+    msg_id = object.__new__(MessageId)
+    object.__setattr__(msg_id, "node_id", node_id)
+    object.__setattr__(msg_id, "incarnation", incarnation)
+    object.__setattr__(msg_id, "counter", counter)
+    return msg_id
 
 
 @implementer(IMessageIdSource)
@@ -126,6 +152,7 @@ class MessageIdSource:
         MessageId(node_id, incarnation, start)  # validates all three
         self.node_id = node_id
         self.incarnation = incarnation
+        self._prefix = f"{node_id}:{incarnation}:"
         self._next = start
 
     def next_id(self) -> MessageId:
@@ -139,9 +166,17 @@ class MessageIdSource:
         # The node id and incarnation were validated once, in __init__, and
         # the counter just now: skip the validators, which cost more than
         # the rest of creating an id (one id per message sent).
-        msg_id = object.__new__(MessageId)
-        object.__setattr__(msg_id, "node_id", self.node_id)
-        object.__setattr__(msg_id, "incarnation", self.incarnation)
-        object.__setattr__(msg_id, "counter", counter)
         self._next = counter + 1
-        return msg_id
+        return _make(self.node_id, self.incarnation, counter)
+
+    def next_text(self) -> str:
+        """
+        L{next_id} in string form, without making the L{MessageId}.
+
+        @raise ValueError: when the counter would pass 2**64-1.
+        """
+        counter = self._next
+        if counter > MAX_NUMBER:
+            raise ValueError(f"message id counter must be between 0 and 2**64-1, not {counter}")
+        self._next = counter + 1
+        return f"{self._prefix}{counter}"
