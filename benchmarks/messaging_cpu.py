@@ -21,8 +21,10 @@ Measured, each after a warm-up:
    outstanding (a send completes when acknowledged); against a plain echo
    with the same window.
 
-Prints one JSON line: microseconds per operation, and with C{--calls} the
-number of Python function calls per operation.
+Prints one JSON line: wall-clock and CPU (this process's, system calls
+included) microseconds per operation, and with C{--calls} the number of
+Python function calls per operation. On a machine busy with other work the
+CPU figures are the steadier ones.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class _Meter:
         if self._profiler is not None:
             self._profiler.enable()
         self._started = time.perf_counter()
+        self._cpu_started = time.process_time()
         self._fill()
         return self.done
 
@@ -101,9 +104,10 @@ class _Meter:
         self._filling = False
         if not self._left and not self._outstanding and not self.done.called:
             elapsed = time.perf_counter() - self._started
+            cpu = time.process_time() - self._cpu_started
             if self._profiler is not None:
                 self._profiler.disable()
-            self.done.callback(elapsed)
+            self.done.callback((elapsed, cpu))
 
     def _ok(self, _: Any) -> None:
         self._outstanding -= 1
@@ -200,12 +204,15 @@ def main() -> None:
                 continue
             yield _Meter(issue, args.count // 10, window).start()
             yield _Meter(client.ask, args.count // 10, window).start()
-            elapsed = yield _Meter(issue, args.count, window).start()
-            plain = yield _Meter(client.ask, args.count, window).start()
+            elapsed, cpu = yield _Meter(issue, args.count, window).start()
+            plain, plain_cpu = yield _Meter(client.ask, args.count, window).start()
             entry = {
                 "clustron_us": round(elapsed / args.count * 1e6, 2),
                 "plain_us": round(plain / args.count * 1e6, 2),
                 "ratio": round(elapsed / plain, 2),
+                "clustron_cpu_us": round(cpu / args.count * 1e6, 2),
+                "plain_cpu_us": round(plain_cpu / args.count * 1e6, 2),
+                "cpu_ratio": round(cpu / plain_cpu, 2),
             }
             if args.calls or (args.profile and name == "rtt"):
                 profiler = cProfile.Profile()
@@ -220,6 +227,8 @@ def main() -> None:
                 profiler = cProfile.Profile()
                 yield _Meter(client.ask, n, window, profiler).start()
                 stats = pstats.Stats(profiler)
+                if args.profile and name == "rtt":
+                    stats.dump_stats(args.profile + ".plain")
                 entry["plain_calls_per_op"] = round(stats.total_calls / n, 1)  # type: ignore[attr-defined]
             results[name] = entry
         client.transport.loseConnection()

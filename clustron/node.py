@@ -111,7 +111,7 @@ class ClusterNode(MultiService):
             config=config,
             serializer=self.serializer,
             serializers={s.name: s for s in serializers},
-            transmit=lambda to, envelope: self.mesh.send(to, framing.MESSAGE, envelope),
+            transmit=self.mesh.send_message,
             writable=self.mesh.writable,
             view=lambda: self.membership.view,
             rng=self.rng,

@@ -71,7 +71,6 @@ from clustron.messaging.reliability import (
     ReliableSender,
     fire_deferred,
     ack_envelope,
-    parse_id,
 )
 from clustron.observability import tracing
 from clustron.observability.logs import NodeLogger
@@ -1162,7 +1161,7 @@ class Messenger:
 
     def _parse_id(self, envelope: dict[str, Any]) -> MessageId:
         try:
-            return parse_id(envelope.get("id"))
+            return MessageId.parse(envelope.get("id"))
         except ValueError as e:
             raise ProtocolViolation("bad_message_id", str(e)) from None
 

@@ -178,6 +178,18 @@ class FifoSender:
         """
         state = self._streams.get(stream)
         if (
+            state is not None
+            and not state.settled
+            and stamp.seq == state.low + 1
+            and stamp.seq <= state.last
+            and stamp.stream_id == state.stream_id
+            and stamp.incarnation == self.incarnation
+        ):
+            # The common case (the oldest unsettled message, nothing settled
+            # above it): what the general case below comes to.
+            state.low = stamp.seq
+            return
+        if (
             state is None
             or stamp.incarnation != self.incarnation
             or stamp.stream_id != state.stream_id
@@ -294,6 +306,22 @@ class FifoReceiver:
         @raise ProtocolViolation: when a number is not a valid int, or
             C{first} is above C{seq}.
         """
+        state = self._streams.get(sender)
+        if (
+            state is not None
+            and seq == state.next
+            and not state.buffer
+            and type(seq) is int
+            and type(first) is int
+            and 1 <= first <= seq
+            and type(incarnation) is int
+            and type(stream_id) is int
+            and (incarnation, stream_id) == state.generation
+        ):
+            # The common case (the next message of the current stream, with
+            # nothing buffered): what the checks and branches below come to.
+            state.next = seq + 1
+            return Arrival(True, DELIVERED, (payload,))
         _check_count("incarnation", incarnation, 0)
         _check_count("stream_id", stream_id, 0)
         _check_count("seq", seq, 1)

@@ -88,6 +88,19 @@ class MessageId:
 
         @raise ValueError: naming the input and what is wrong with it.
         """
+        if type(text) is str and cls is MessageId:
+            # The common case first: a well-formed id of a node id seen
+            # valid before (what the checks below come to).
+            parts = text.rsplit(":", 2)
+            if (
+                len(parts) == 3
+                and parts[0] in _VALID_NODE_IDS
+                and _NUMBER.fullmatch(parts[1])
+                and _NUMBER.fullmatch(parts[2])
+            ):
+                first, second = int(parts[1]), int(parts[2])
+                if first <= MAX_NUMBER and second <= MAX_NUMBER:
+                    return _make(parts[0], first, second)
         if not isinstance(text, str):
             raise ValueError(f"a message id must be a str, not {type(text).__name__}")
         if len(text) > MAX_NODE_ID_LENGTH + 42:
@@ -102,12 +115,6 @@ class MessageId:
                     f"message id {text!r}: {name} {number!r} is not a decimal number"
                     " without sign or leading zeros"
                 )
-        if node_id in _VALID_NODE_IDS and cls is MessageId:
-            # A node id seen valid before: only the numbers need checking,
-            # and the validators (which cost more than the rest) are skipped.
-            first, second = int(incarnation), int(counter)
-            if first <= MAX_NUMBER and second <= MAX_NUMBER:
-                return _make(node_id, first, second)
         try:
             msg_id = cls(node_id, int(incarnation), int(counter))
         except (TypeError, ValueError) as e:

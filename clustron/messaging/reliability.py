@@ -503,7 +503,9 @@ class ReliableSender:
                     del self._peers[outgoing.to]
             return
         now = self._clock.seconds()
-        outgoing.due = due = now + self._delay(1)
+        # The first delay: drawn from the upper half of retry_initial.
+        half = self._retry_initial / 2
+        outgoing.due = due = now + half + self._random() * half
         timer = peer.timer
         if timer is None:
             if self._peers.get(outgoing.to) is peer:

@@ -30,6 +30,7 @@ from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import (
     FRAME_TYPE_NAMES,
+    MESSAGE,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Crc32,
@@ -543,6 +544,18 @@ class Mesh:
         if protocol is None or protocol.closed:
             raise UnknownMember(f"not connected to {node_id!r}")
         protocol.send(frame_type, body, priority)
+
+    def send_message(self, node_id: str, body: Any) -> None:
+        """
+        L{send} a MESSAGE frame (the messaging layer's one kind of frame).
+
+        @raise UnknownMember: when no connection to C{node_id} is established.
+        @raise QueueFull: when its bounded send queue is full.
+        """
+        protocol = self.peers.get(node_id)
+        if protocol is None or protocol.closed:
+            raise UnknownMember(f"not connected to {node_id!r}")
+        protocol.send(MESSAGE, body)
 
     def try_send(self, node_id: str, frame_type: int, body: Any, priority: bool = False) -> bool:
         """
