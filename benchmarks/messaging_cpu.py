@@ -122,8 +122,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="operations per measurement")
     parser.add_argument("--calls", action="store_true", help="count Python calls per operation")
-    parser.add_argument("--profile", metavar="FILE", help="write a cProfile dump of the rtt run")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write cProfile dumps of each Clustron run to FILE.NAME (and of plain to"
+        " FILE.NAME.plain)",
+    )
     parser.add_argument("--tls", action="store_true", help="the nodes use mutual TLS")
+    parser.add_argument(
+        "--gc", choices=["on", "freeze", "off"], default="on", help="garbage collection"
+    )
     parser.add_argument("--only", choices=["rtt", "send", "request"], help="measure one only")
     args = parser.parse_args()
 
@@ -194,6 +202,13 @@ def main() -> None:
         )
         client = yield connectProtocol(TCP4ClientEndpoint(reactor, HOST, ports[2]), Client())
         a, b = nodes
+        if args.gc != "on":
+            import gc
+
+            gc.collect()
+            gc.freeze()
+            if args.gc == "off":
+                gc.disable()
         issuers = {
             "rtt": (lambda: a.request("b", "echo", PAYLOAD_TEXT), 1),
             "request": (lambda: a.request("b", "echo", PAYLOAD_TEXT), 256),
@@ -214,7 +229,7 @@ def main() -> None:
                 "plain_cpu_us": round(plain_cpu / args.count * 1e6, 2),
                 "cpu_ratio": round(cpu / plain_cpu, 2),
             }
-            if args.calls or (args.profile and name == "rtt"):
+            if args.calls or args.profile:
                 profiler = cProfile.Profile()
                 n = min(args.count, 5000)
                 yield _Meter(issue, n, window, profiler).start()
@@ -222,13 +237,13 @@ def main() -> None:
 
                 stats = pstats.Stats(profiler)
                 entry["calls_per_op"] = round(stats.total_calls / n, 1)  # type: ignore[attr-defined]
-                if args.profile and name == "rtt":
-                    stats.dump_stats(args.profile)
+                if args.profile:
+                    stats.dump_stats(f"{args.profile}.{name}")
                 profiler = cProfile.Profile()
                 yield _Meter(client.ask, n, window, profiler).start()
                 stats = pstats.Stats(profiler)
-                if args.profile and name == "rtt":
-                    stats.dump_stats(args.profile + ".plain")
+                if args.profile:
+                    stats.dump_stats(f"{args.profile}.{name}.plain")
                 entry["plain_calls_per_op"] = round(stats.total_calls / n, 1)  # type: ignore[attr-defined]
             results[name] = entry
         client.transport.loseConnection()

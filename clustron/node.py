@@ -126,6 +126,7 @@ class ClusterNode(MultiService):
             framing.CONTROL: self.membership.frame_received,
             framing.MESSAGE: self.messenger.frame_received,
         }
+        self.mesh.frame_handlers = self._frame_handlers
         self.discovery: dict[str, Any] = self._make_discovery(config)
         self.authorizer = None
         self.admin = None

@@ -69,7 +69,6 @@ from clustron.messaging.reliability import (
     ACK_TYPE,
     ReliableReceiver,
     ReliableSender,
-    fire_deferred,
     ack_envelope,
 )
 from clustron.observability import tracing
@@ -140,10 +139,11 @@ class Messenger:
         )
         # Acknowledgements of one reactor turn go out together, in one frame
         # per peer, right after it.
+        self._dedup = DedupWindow(messaging.dedup_window)
         self._receiver = ReliableReceiver(
             clock,
             self._transmit,
-            DedupWindow(messaging.dedup_window),
+            self._dedup,
             max_ack_batch=_MAX_ACK_BATCH,
             coalesce=True,
         )
@@ -263,7 +263,7 @@ class Messenger:
             return self._send_unreliable(to, key, envelope)
         d: Deferred[None] = Deferred(lambda _: self._sender.cancel(to, key))
         try:
-            self._send_reliable(to, key, envelope, fire_deferred, d)
+            self._send_reliable(to, key, envelope, self._send_done, d)
         except ClustronError as e:
             return fail(e)
         return d
@@ -318,9 +318,9 @@ class Messenger:
         if carrier:
             envelope["tc"] = carrier
         try:
-            self._send_reliable(to, correlation, envelope, self._request_sent, correlation)
+            self._send_reliable(to, correlation, envelope, self._request_done, correlation)
         except ClustronError as e:
-            self._request_sent(correlation, e)
+            self._request_failed(correlation, e)
         return d
 
     def broadcast(
@@ -489,9 +489,34 @@ class Messenger:
         if kind == "d":
             if ACKS_KEY in envelope:
                 self._sender.handle_ack_ids(sender, envelope[ACKS_KEY])
+            # A reliable (FIFO) data envelope: filter duplicates, order,
+            # record and acknowledge (batched), then hand over what is
+            # deliverable. Messages are handed to the application once the
+            # envelope is recorded and its acknowledgement batched, so that
+            # a reply sent by the handler carries it.
             receiver = self._receiver
             try:
-                self._receive_data(sender, envelope, receiver)
+                key = envelope.get("id")
+                try:
+                    msg_id = MessageId.parse(key)
+                except ValueError as e:
+                    raise ProtocolViolation("bad_message_id", str(e)) from None
+                if self._dedup.contains(msg_id) and receiver.check_duplicate(
+                    sender, msg_id, key
+                ):
+                    return
+                stamp = envelope.get("f")
+                if type(stamp) is not list or len(stamp) != 4:
+                    raise ProtocolViolation("malformed_message", "bad FIFO stamp")
+                incarnation, stream, seq, first = stamp
+                arrival = self._fifo_in.receive(
+                    sender, incarnation, seq, (msg_id, envelope), stream, first
+                )
+                if not arrival.taken:
+                    return
+                receiver.record_taken(sender, msg_id, key)
+                for delivered_id, delivered in arrival.deliver:
+                    self._dispatch(sender, delivered_id, delivered)
             finally:
                 # Acknowledgements not carried by a reply (piggybacked)
                 # go out right after this turn.
@@ -509,31 +534,6 @@ class Messenger:
             self._on_fragment(sender, envelope)
         else:
             raise ProtocolViolation("malformed_message", f"unknown envelope type {kind!r}")
-
-    def _receive_data(
-        self, sender: str, envelope: dict[str, Any], receiver: ReliableReceiver
-    ) -> None:
-        """
-        A reliable (FIFO) data envelope: filter duplicates, order, record
-        and acknowledge (batched), then hand over what is deliverable.
-        Messages are handed to the application once the envelope is
-        recorded and its acknowledgement batched, so that a reply sent by
-        the handler carries it.
-        """
-        key = envelope.get("id")
-        msg_id = self._parse_id(envelope)
-        if receiver.check_duplicate(sender, msg_id, key):
-            return
-        stamp = envelope.get("f")
-        if type(stamp) is not list or len(stamp) != 4:
-            raise ProtocolViolation("malformed_message", "bad FIFO stamp")
-        incarnation, stream, seq, first = stamp
-        arrival = self._fifo_in.receive(sender, incarnation, seq, (msg_id, envelope), stream, first)
-        if not arrival.taken:
-            return
-        receiver.record_taken(sender, msg_id, key)
-        for delivered_id, delivered in arrival.deliver:
-            self._dispatch(sender, delivered_id, delivered)
 
     def bulk_writable(self, node_id: str) -> None:
         """
@@ -684,7 +684,18 @@ class Messenger:
                 topic=topic,
                 position=position,
             )
-        if tracing.active():
+        handler = self._handlers.get(topic)
+        if handler is not None and not tracing.active():
+            # self._call_handler(...), inline: once per message.
+            message = _message(topic, body, sender, msg_id, correlation, order, position)
+            try:
+                result = handler(message)
+            except BaseException:
+                result = Failure()
+            else:
+                if type(result) is CoroutineType:
+                    result = Deferred.fromCoroutine(result)
+        elif tracing.active():
             with tracing.span(
                 "clustron.handle",
                 context=tracing.extract(trace) if trace is not None else None,
@@ -790,9 +801,7 @@ class Messenger:
             self._resolve(correlation, result)
             return
         try:
-            self._send_reliable(
-                to, self._ids.next_text(), envelope, self._reply_sent, (to, correlation)
-            )
+            self._send_reliable(to, self._ids.next_text(), envelope, self._reply_done, correlation)
             return
         except (MessageTooLarge, SerializationError) as e:
             # The reply itself cannot travel: tell the requester why.
@@ -804,19 +813,20 @@ class Messenger:
                 "em": str(e)[:1000],
             }
         except ClustronError as e:
-            self._reply_sent((to, correlation), e)
+            self._reply_failed(to, correlation, e)
             return
         try:
-            self._send_reliable(
-                to, self._ids.next_text(), error, self._reply_sent, (to, correlation)
-            )
+            self._send_reliable(to, self._ids.next_text(), error, self._reply_done, correlation)
         except ClustronError as e:
-            self._reply_sent((to, correlation), e)
+            self._reply_failed(to, correlation, e)
 
-    def _reply_sent(self, context: tuple[str, str], error: BaseException | None) -> None:
-        if error is None:
-            return
-        to, correlation = context
+    def _reply_done(self, context: tuple[str, FifoStamp, str], error: BaseException | None) -> None:
+        to, stamp, correlation = context
+        self._fifo_out.settle(to, stamp)
+        if error is not None:
+            self._reply_failed(to, correlation, error)
+
+    def _reply_failed(self, to: str, correlation: str, error: BaseException) -> None:
         self.log.info(
             "could not send the reply to {peer} for {correlation}: {why}",
             peer=to,
@@ -855,14 +865,20 @@ class Messenger:
     def _forget_request(self, correlation: str) -> None:
         self._requests.pop(correlation, None)
 
-    def _request_sent(self, correlation: str, error: BaseException | None) -> None:
+    def _request_done(
+        self, context: tuple[str, FifoStamp, str], error: BaseException | None
+    ) -> None:
         """
         The outcome of a request's reliable send: a failure fails the
         request (success needs nothing: the reply will come, or the
         deadline).
         """
-        if error is None:
-            return
+        to, stamp, correlation = context
+        self._fifo_out.settle(to, stamp)
+        if error is not None:
+            self._request_failed(correlation, error)
+
+    def _request_failed(self, correlation: str, error: BaseException) -> None:
         entry = self._requests.pop(correlation, None)
         if entry is not None:
             entry[0].errback(error)
@@ -938,7 +954,7 @@ class Messenger:
             return self._send_unreliable(to, key, envelope)
         d: Deferred[None] = Deferred(lambda _: self._sender.cancel(to, key))
         try:
-            self._send_reliable(to, key, envelope, fire_deferred, d)
+            self._send_reliable(to, key, envelope, self._send_done, d)
         except ClustronError as e:
             return fail(e)
         return d
@@ -948,13 +964,14 @@ class Messenger:
         to: str,
         key: str,
         envelope: dict[str, Any],
-        done: Callable[[Any, BaseException | None], object] | None,
+        done: Callable[[tuple[str, FifoStamp, Any], BaseException | None], object],
         context: Any,
     ) -> None:
         """
         Stamp C{envelope} on the FIFO stream to C{to}, encode it once and
-        hand it to the reliable sender; C{done(context, error)} learns the
-        outcome (see L{ReliableSender.send}).
+        hand it to the reliable sender, which reports the outcome by calling
+        C{done((to, stamp, context), error)} (see L{ReliableSender.send});
+        C{done} must settle the stamp.
 
         @raise ClustronError: when it cannot be encoded (L{MessageTooLarge},
             L{SerializationError}) or C{to}'s queue is full (L{QueueFull});
@@ -977,7 +994,7 @@ class Messenger:
         envelope["f"] = [stamp.incarnation, stamp.stream_id, stamp.seq, stamp.first]
         try:
             wire = self._encode(envelope)
-            sender.send(to, key, wire, self._settle_send, (to, stamp, done, context))
+            sender.send(to, key, wire, done, (to, stamp, context))
         except ClustronError:
             fifo.settle(to, stamp)
             self._send_acks(to, acks)
@@ -986,15 +1003,20 @@ class Messenger:
         kind = envelope["k"]
         counts[kind] = counts.get(kind, 0) + 1
 
-    def _settle_send(
-        self,
-        context: tuple[str, FifoStamp, Callable[[Any, BaseException | None], object] | None, Any],
-        error: BaseException | None,
+    def _send_done(
+        self, context: tuple[str, FifoStamp, Deferred[None]], error: BaseException | None
     ) -> None:
-        to, stamp, done, inner = context
+        to, stamp, d = context
         self._fifo_out.settle(to, stamp)
-        if done is not None:
-            done(inner, error)
+        if error is None:
+            d.callback(None)
+        else:
+            d.errback(error)
+
+    def _control_done(
+        self, context: tuple[str, FifoStamp, None], error: BaseException | None
+    ) -> None:
+        self._fifo_out.settle(context[0], context[1])
 
     def _send_unreliable(self, to: str, key: str, envelope: dict[str, Any]) -> Deferred[None]:
         envelope["id"] = key
@@ -1022,7 +1044,7 @@ class Messenger:
         if to == self.node_id:
             return
         try:
-            self._send_reliable(to, self._ids.next_text(), dict(envelope), None, None)
+            self._send_reliable(to, self._ids.next_text(), dict(envelope), self._control_done, None)
         except ClustronError:
             pass
 

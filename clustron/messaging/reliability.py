@@ -42,6 +42,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from clustron.config import MessagingConfig
@@ -328,7 +329,23 @@ class ReliableSender:
         outgoing = _Outgoing(to, key, envelope, notify, context)
         if len(peer.in_flight) < self._max_in_flight:
             peer.in_flight[key] = outgoing
-            self._first_transmission(peer, outgoing)
+            # self._first_transmission(peer, outgoing), with the common case
+            # inline (once per message).
+            outgoing.attempts = 1
+            try:
+                self._send(to, envelope)
+            except Exception:
+                self._transmit_failed(outgoing)
+            timer = peer.timer
+            if outgoing.done or timer is None:
+                self._after_first(peer, outgoing)
+                return
+            now = self._clock.seconds()
+            half = self._retry_initial / 2
+            outgoing.due = due = now + half + self._random() * half
+            if due < peer.timer_at - self._slack:
+                peer.timer_at = due
+                timer.reset(due - now)
         elif len(peer.pending) < self._max_pending:
             peer.pending[key] = outgoing
         else:
@@ -469,16 +486,26 @@ class ReliableSender:
         outgoing.attempts += 1
         try:
             self._send(outgoing.to, outgoing.envelope)
-        except ClustronError as e:
+        except Exception:
+            self._transmit_failed(outgoing)
+
+    def _transmit_failed(self, outgoing: _Outgoing) -> None:
+        """
+        Log the exception being handled, raised by a transmission of
+        C{outgoing} (it counts as lost).
+        """
+        failure = Failure()
+        if failure.check(ClustronError):
             log.debug(
                 "transmission of {msg_id} to {peer} failed: {reason}",
                 msg_id=outgoing.key,
                 peer=outgoing.to,
-                reason=str(e),
+                reason=failure.getErrorMessage(),
             )
-        except Exception:
+        else:
             log.failure(
                 "transmission of {msg_id} to {peer} raised",
+                failure,
                 msg_id=outgoing.key,
                 peer=outgoing.to,
             )
@@ -496,6 +523,13 @@ class ReliableSender:
 
     def _first_transmission(self, peer: _Peer, outgoing: _Outgoing) -> None:
         self._transmit(outgoing)
+        self._after_first(peer, outgoing)
+
+    def _after_first(self, peer: _Peer, outgoing: _Outgoing) -> None:
+        """
+        Schedule the retransmission of C{outgoing}, just transmitted for
+        the first time.
+        """
         if outgoing.done:
             # send() led to the acknowledgement already (a loopback).
             if peer.timer is None and not peer.in_flight and not peer.pending:
@@ -595,6 +629,8 @@ class ReliableReceiver:
     at once when C{max_ack_batch} ids wait in total.
 
     @ivar duplicates: how many duplicates were filtered (a metric).
+    @ivar batched: how many acknowledgements are batched, all peers
+        together (read-only).
     """
 
     def __init__(
@@ -632,7 +668,7 @@ class ReliableReceiver:
         self._immediate = ack_delay == 0 and not coalesce
         self._max_ack_batch = max_ack_batch
         self._batches: dict[str, list[str]] = {}
-        self._batched = 0
+        self.batched = 0
         self._timer: IDelayedCall | None = None
         self.duplicates = 0
 
@@ -715,7 +751,18 @@ class ReliableReceiver:
         acknowledgement (see L{flush_soon}).
         """
         self._record(msg_id)
-        self._acknowledge(from_node, key, False)
+        if self._immediate:
+            self._transmit(from_node, [key])
+            return
+        # _acknowledge(from_node, key, False), inline: once per message.
+        batch = self._batches.get(from_node)
+        if batch is None:
+            self._batches[from_node] = [key]
+        else:
+            batch.append(key)
+        self.batched += 1
+        if self.batched >= self._max_ack_batch:
+            self.flush()
 
     def flush(self) -> None:
         """
@@ -725,7 +772,7 @@ class ReliableReceiver:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        batches, self._batches, self._batched = self._batches, {}, 0
+        batches, self._batches, self.batched = self._batches, {}, 0
         for to, ids in batches.items():
             self._transmit(to, ids)
 
@@ -741,13 +788,6 @@ class ReliableReceiver:
             else:
                 self._timer = self._clock.callLater(self._ack_delay, self._timed_flush)
 
-    @property
-    def batched(self) -> int:
-        """
-        How many acknowledgements are batched, all peers together.
-        """
-        return self._batched
-
     def take(self, to: str) -> list[str]:
         """
         Remove the acknowledgements batched for C{to} and return them, for
@@ -762,7 +802,7 @@ class ReliableReceiver:
         ids = self._batches.pop(to, None)
         if not ids:
             return []
-        self._batched -= len(ids)
+        self.batched -= len(ids)
         if not self._batches and self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()
@@ -777,7 +817,7 @@ class ReliableReceiver:
             self._timer.cancel()
         self._timer = None
         self._batches.clear()
-        self._batched = 0
+        self.batched = 0
 
     def _acknowledge(self, to: str, key: str, flush: bool = True) -> None:
         if self._immediate:
@@ -788,8 +828,8 @@ class ReliableReceiver:
             self._batches[to] = [key]
         else:
             batch.append(key)
-        self._batched += 1
-        if self._batched >= self._max_ack_batch:
+        self.batched += 1
+        if self.batched >= self._max_ack_batch:
             self.flush()
         elif flush and self._timer is None:
             self._timer = self._clock.callLater(self._ack_delay, self._timed_flush)

@@ -161,6 +161,7 @@ class PeerProtocol(Protocol):
         self.local_hello: Hello = owner.local_hello
         self._handshake_integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
         self._integrity: IIntegrity = self._handshake_integrity
+        self._encode = framing.frame_encoder(self._integrity)
         self._decoder = FrameDecoder(
             owner.max_frame_bytes, self._integrity, handshake_integrity=self._handshake_integrity
         )
@@ -312,7 +313,7 @@ class PeerProtocol(Protocol):
         else:
             payload = self.serializer.dumps(body)
             serializer_id = self.serializer.wire_id
-        data = framing.encode_frame(frame_type, payload, serializer_id, self._integrity)
+        data = self._encode(frame_type, payload, serializer_id)
         if len(data) - 4 > self.owner.max_frame_bytes:
             raise SerializationError(
                 f"frame of {len(data) - 4} bytes exceeds "
@@ -408,7 +409,15 @@ class PeerProtocol(Protocol):
         if self.established and frame_type >= framing.CONTROL and frame_type != framing.PROOF:
             # The common case (CONTROL, HEARTBEAT, MESSAGE and unknown types
             # on an established connection), as below.
-            self.owner.frame_received(self, frame_type, self._decode(frame))
+            serializer = self.serializer
+            if frame.serializer_id == serializer.wire_id:
+                try:
+                    body = serializer.loads(frame.payload)
+                except SerializationError as e:
+                    raise ProtocolViolation("undecodable", str(e)) from None
+            else:
+                body = self._decode(frame)
+            self.owner.frame_received(self, frame_type, body)
             return
         if frame_type == framing.REJECT:
             reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
@@ -479,6 +488,7 @@ class PeerProtocol(Protocol):
         self.peer = hello
         integrity = self.owner.integrity_for(self.local_hello, hello)
         self._integrity = integrity
+        self._encode = framing.frame_encoder(integrity)
         self._decoder.set_integrity(integrity)
         if integrity.flag == framing.FLAG_HMAC:
             # Signed clusters: the peer must prove it holds a key before it
