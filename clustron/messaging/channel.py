@@ -711,10 +711,12 @@ class Messenger:
         else:
             result = self._call_handler(sender, msg_id, order, topic, body, correlation, position)
         if correlation is not None:
-            if type(result) is Deferred or isinstance(result, Deferred):
+            if type(result) not in _PLAIN_TYPES and isinstance(result, Deferred):
                 result.addBoth(self._reply_later, sender, correlation)
             else:
                 self._reply(sender, correlation, result)
+        elif result is None:
+            pass
         elif type(result) is Deferred or isinstance(result, Deferred):
             result.addErrback(self._handler_failed, topic, msg_id)
         elif isinstance(result, Failure):
@@ -1222,6 +1224,10 @@ def _end_span(result: Any, span: Any) -> Any:
 
 
 _ORDER_NAMES = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}
+
+#: Types a handler's result may have that are certainly not Deferreds
+#: (isinstance against Deferred, a generic class, costs an ABC check).
+_PLAIN_TYPES = frozenset({type(None), str, bytes, int, float, bool, list, dict, tuple})
 
 
 def _message(

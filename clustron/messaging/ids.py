@@ -89,18 +89,20 @@ class MessageId:
         @raise ValueError: naming the input and what is wrong with it.
         """
         if type(text) is str and cls is MessageId:
-            # The common case first: a well-formed id of a node id seen
-            # valid before (what the checks below come to).
-            parts = text.rsplit(":", 2)
-            if (
-                len(parts) == 3
-                and parts[0] in _VALID_NODE_IDS
-                and _NUMBER.fullmatch(parts[1])
-                and _NUMBER.fullmatch(parts[2])
-            ):
-                first, second = int(parts[1]), int(parts[2])
-                if first <= MAX_NUMBER and second <= MAX_NUMBER:
-                    return _make(parts[0], first, second)
+            # The common case first: a well-formed id of a stream (node id
+            # and incarnation) seen valid before; what the checks below
+            # come to, but for its counter.
+            head, _, tail = text.rpartition(":")
+            stream = _VALID_STREAMS.get(head)
+            if stream is not None and _NUMBER.fullmatch(tail):
+                counter = int(tail)
+                if counter <= MAX_NUMBER:
+                    # _make(node_id, incarnation, counter), inline.
+                    msg_id = object.__new__(MessageId)
+                    object.__setattr__(msg_id, "node_id", stream[0])
+                    object.__setattr__(msg_id, "incarnation", stream[1])
+                    object.__setattr__(msg_id, "counter", counter)
+                    return msg_id
         if not isinstance(text, str):
             raise ValueError(f"a message id must be a str, not {type(text).__name__}")
         if len(text) > MAX_NODE_ID_LENGTH + 42:
@@ -119,15 +121,16 @@ class MessageId:
             msg_id = cls(node_id, int(incarnation), int(counter))
         except (TypeError, ValueError) as e:
             raise ValueError(f"message id {text!r}: {e}") from None
-        if len(_VALID_NODE_IDS) >= _VALID_NODE_IDS_KEPT:
-            _VALID_NODE_IDS.clear()
-        _VALID_NODE_IDS[node_id] = None
+        if len(_VALID_STREAMS) >= _VALID_STREAMS_KEPT:
+            _VALID_STREAMS.clear()
+        _VALID_STREAMS[f"{node_id}:{incarnation}"] = (node_id, msg_id.incarnation)
         return msg_id
 
 
-#: Node ids that passed validation (a bounded memo for L{MessageId.parse}).
-_VALID_NODE_IDS: dict[str, None] = {}
-_VALID_NODE_IDS_KEPT = 4096
+#: The C{"node:incarnation"} heads of ids that passed validation, with their
+#: two values (a bounded memo for L{MessageId.parse}).
+_VALID_STREAMS: dict[str, tuple[str, int]] = {}
+_VALID_STREAMS_KEPT = 4096
 
 
 def _make(node_id: str, incarnation: int, counter: int) -> MessageId:

@@ -48,7 +48,7 @@ from zope.interface import implementer
 from clustron.config import MessagingConfig
 from clustron.errors import ClustronError, DeliveryFailed, ProtocolViolation, QueueFull
 from clustron.messaging.dedup import DedupWindow
-from clustron.messaging.ids import MAX_NODE_ID_LENGTH, MessageId
+from clustron.messaging.ids import MessageId
 from clustron.messaging.interfaces import IDuplicateFilter, IReliableReceiver, IReliableSender
 
 log = Logger()
@@ -65,9 +65,6 @@ ACK_TYPE = "ack"
 MAX_ACK_IDS = 4096
 
 Envelope = dict[str, Any]
-
-#: The longest string form of a message id.
-_MAX_ID_TEXT = MAX_NODE_ID_LENGTH + 42
 
 #: How many recently parsed id strings L{parse_id} remembers.
 PARSED_IDS_CACHED = 8192
@@ -392,8 +389,8 @@ class ReliableSender:
         acknowledgements.
 
         The ids are checked only for their shape (a list of at most
-        L{MAX_ACK_IDS} strings, none longer than an id can be): an id this
-        node never sent acknowledges nothing, whatever its text.
+        L{MAX_ACK_IDS} strings): an id this node never sent acknowledges
+        nothing, whatever its text.
 
         @return: how many envelopes in flight it acknowledged.
         @raise ProtocolViolation: C{"bad_ack"} when it is malformed.
@@ -406,7 +403,7 @@ class ReliableSender:
         in_flight = peer.in_flight if peer is not None else {}
         acked: list[_Outgoing] = []
         for key in ids:
-            if type(key) is not str or len(key) > _MAX_ID_TEXT:
+            if type(key) is not str:
                 raise ProtocolViolation("bad_ack", f"not a message id: {str(key)[:80]!r}")
             outgoing = in_flight.pop(key, None)
             if outgoing is not None:
