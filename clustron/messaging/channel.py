@@ -34,6 +34,7 @@ import collections
 import heapq
 import random
 from collections.abc import Callable
+from functools import partial
 from types import CoroutineType
 from typing import Any
 
@@ -186,6 +187,15 @@ class Messenger:
         # The active members of the last view checked (see _check_member).
         self._checked_view: View | None = None
         self._checked_active: frozenset[str] = frozenset()
+        # Bound once: every message in flight holds one of these, and a
+        # bound method made per message would be one more object for the
+        # garbage collector to track while it is in flight.
+        self._send_done = self._send_done  # type: ignore[method-assign]
+        self._request_done = self._request_done  # type: ignore[method-assign]
+        self._reply_done = self._reply_done  # type: ignore[method-assign]
+        self._control_done = self._control_done  # type: ignore[method-assign]
+        self._cancel_send = self._cancel_send  # type: ignore[method-assign]
+        self._forget_request = self._forget_request  # type: ignore[method-assign]
         self._fragment_bytes = messaging.fragment_bytes
         self._max_message_bytes = messaging.max_message_bytes
         self._wire_id = serializer.wire_id
@@ -261,7 +271,7 @@ class Messenger:
         envelope = {"k": "m", "t": topic, "b": body}
         if not reliable:
             return self._send_unreliable(to, key, envelope)
-        d: Deferred[None] = Deferred(lambda _: self._sender.cancel(to, key))
+        d: Deferred[None] = Deferred(partial(self._cancel_send, to, key))
         try:
             self._send_reliable(to, key, envelope, self._send_done, d)
         except ClustronError as e:
@@ -293,7 +303,7 @@ class Messenger:
             correlation = str(msg_id)
         else:
             correlation = self._ids.next_text()
-        d: Deferred[Any] = Deferred(lambda _: self._forget_request(correlation))
+        d: Deferred[Any] = Deferred(partial(self._forget_request, correlation))
         carrier: dict[str, str] = {}
         if tracing.active():
             span = tracing.tracer.start_span(
@@ -864,8 +874,11 @@ class Messenger:
         else:
             entry[0].callback(result)
 
-    def _forget_request(self, correlation: str) -> None:
+    def _forget_request(self, correlation: str, d: Deferred[Any] | None = None) -> None:
         self._requests.pop(correlation, None)
+
+    def _cancel_send(self, to: str, key: str, d: Deferred[None]) -> None:
+        self._sender.cancel(to, key)
 
     def _request_done(
         self, context: tuple[str, FifoStamp, str], error: BaseException | None
@@ -954,7 +967,7 @@ class Messenger:
         key = str(msg_id)
         if not reliable:
             return self._send_unreliable(to, key, envelope)
-        d: Deferred[None] = Deferred(lambda _: self._sender.cancel(to, key))
+        d: Deferred[None] = Deferred(partial(self._cancel_send, to, key))
         try:
             self._send_reliable(to, key, envelope, self._send_done, d)
         except ClustronError as e:
@@ -993,7 +1006,7 @@ class Messenger:
         fifo = self._fifo_out
         stamp = fifo.stamp(to)
         envelope["type"] = "d"
-        envelope["f"] = [stamp.incarnation, stamp.stream_id, stamp.seq, stamp.first]
+        envelope["f"] = stamp  # a named tuple: its wire form is the list of its numbers
         try:
             wire = self._encode(envelope)
             sender.send(to, key, wire, done, (to, stamp, context))
@@ -1050,13 +1063,12 @@ class Messenger:
         except ClustronError:
             pass
 
-    def _encode(self, envelope: dict[str, Any]) -> Encoded | _EncodedEnvelope:
+    def _encode(self, envelope: dict[str, Any]) -> bytes | _EncodedEnvelope:
         """
         Serialize a data envelope once, for all its transmissions.
 
-        @return: the frame body as it is sent (an L{Encoded}), or, for an
-            envelope that travels in fragments, the envelope with its
-            serialized form.
+        @return: the serialized envelope, or, for an envelope that
+            travels in fragments, the envelope with its serialized form.
         @raise MessageTooLarge: when it exceeds C{messaging.max_message_bytes}.
         @raise SerializationError: when the serializer cannot encode it.
         """
@@ -1068,14 +1080,16 @@ class Messenger:
                 f" messaging.max_message_bytes={self._max_message_bytes}"
             )
         if size <= self._fragment_bytes:
-            return Encoded(payload, self._wire_id)
+            # Bytes, not an Encoded: bytes are no work for the garbage
+            # collector while the message is in flight (see _transmit).
+            return payload
         wire = _EncodedEnvelope(envelope)
         wire.payload = payload
         return wire
 
     def _transmit(self, to: str, envelope: Any) -> None:
-        if type(envelope) is Encoded:
-            self._transmit_frame(to, envelope)
+        if type(envelope) is bytes:
+            self._transmit_frame(to, Encoded(envelope, self._wire_id))
             return
         payload = getattr(envelope, "payload", None)
         if payload is None:

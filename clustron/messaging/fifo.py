@@ -42,9 +42,8 @@ were never sent to it. Use one L{FifoReceiver} per kind of stream.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 from twisted.logger import Logger
 
 from clustron.errors import ProtocolViolation
@@ -71,10 +70,10 @@ DEFAULT_MAX_BUFFER = 1024
 DEFAULT_MAX_UNSETTLED = 2048
 
 
-@attrs.frozen
-class FifoStamp:
+class FifoStamp(NamedTuple):
     """
-    The position of one message in its sender's stream.
+    The position of one message in its sender's stream: a named tuple, so
+    that it is also the stamp's wire form (a list of its four numbers).
 
     @ivar incarnation: the sending process's incarnation.
     @ivar stream_id: the generation of the stream within that incarnation.
@@ -87,6 +86,9 @@ class FifoStamp:
     stream_id: int
     seq: int
     first: int = 1
+
+
+_new_stamp = tuple.__new__
 
 
 class _Outgoing:
@@ -168,7 +170,10 @@ class FifoSender:
         else:
             self._streams.move_to_end(stream)
         state.last += 1
-        return FifoStamp(self.incarnation, state.stream_id, state.last, state.low + 1)
+        # FifoStamp(...), without its Python-level __new__.
+        return _new_stamp(
+            FifoStamp, (self.incarnation, state.stream_id, state.last, state.low + 1)
+        )
 
     def settle(self, stream: str, stamp: FifoStamp) -> None:
         """
