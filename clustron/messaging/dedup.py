@@ -2,11 +2,13 @@
 A bounded window of message ids already received.
 
 Per sender incarnation (a I{stream}: C{(node_id, incarnation)}) the window
-keeps a low-water mark -- every counter at or below it was seen -- and the
+keeps a low-water mark -- every counter from 1 up to it was seen -- and the
 set of counters seen above it (out of order, or skipped because they went to
 other receivers). A counter arriving just above the mark raises the mark and
 absorbs the counters above it that close the gap, so a sender whose ids all
-reach this receiver costs one entry however many it sends.
+reach this receiver costs one entry however many it sends. (Counter 0, which
+L{clustron.messaging.ids.MessageIdSource} does not hand out unless told to,
+is remembered apart, as part of its stream's entry: the mark starts at 0.)
 
 Bound and guarantee
 ===================
@@ -51,11 +53,15 @@ _CounterKey = tuple[str, int, int]
 
 
 class _Stream:
-    __slots__ = ("low", "above")
+    __slots__ = ("low", "above", "zero")
 
     def __init__(self) -> None:
-        self.low = -1
+        # Counter 0 is tracked on its own (zero), so that the mark can start
+        # at 0: ids count from 1 (MessageIdSource), and a mark waiting for a
+        # 0 that never comes would make every counter an out-of-order entry.
+        self.low = 0
         self.above: set[int] = set()
+        self.zero = False
 
 
 @implementer(IDuplicateFilter)
@@ -108,7 +114,9 @@ class DedupWindow:
         if stream is None:
             return False
         counter = msg_id.counter
-        return counter <= stream.low or counter in stream.above
+        if counter <= stream.low:
+            return counter != 0 or stream.zero
+        return counter in stream.above
 
     def seen(self, msg_id: MessageId) -> bool:
         """
@@ -133,7 +141,12 @@ class DedupWindow:
         if stream is None:
             stream = self._streams[key] = _Stream()
         recency = self._recency
-        if counter == stream.low + 1:
+        if counter == 0:
+            stream.zero = True
+            if key in recency:
+                recency.move_to_end(key)
+                return
+        elif counter == stream.low + 1:
             above = stream.above
             if above:
                 while counter + 1 in above:
