@@ -297,7 +297,8 @@ class Messenger:
             self._check_topic(topic)
         if len(self._requests) >= _MAX_REQUESTS:
             return fail(QueueFull(f"{len(self._requests)} requests are waiting for replies"))
-        timeout = self.config.messaging.request_timeout if timeout is None else timeout
+        if timeout is None:
+            timeout = self.config.messaging.request_timeout
         if to == self.node_id:
             msg_id = self._ids.next_id()
             correlation = str(msg_id)
