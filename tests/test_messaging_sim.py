@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from clustron.errors import (
@@ -212,6 +213,28 @@ class ReliabilityTests(SynchronousTestCase):
             self.assertLess(len(bodies), 100)
         self.assertEqual(len(received["n1"]), 100)
         checker.assert_ok()
+
+    def test_cancelled_send_stops(self) -> None:
+        """
+        Cancelling a send's Deferred stops its retransmissions, and the
+        messages after it on the same stream are delivered all the same.
+        """
+        cluster, _, _ = formed()
+        received = collect(cluster)
+        n1 = cluster.nodes["n1"]
+        cluster.network.cut_one_way(cluster.host_of("n1"), cluster.host_of("n2"))
+        d = n1.send("n2", "t", "lost")
+        d.addErrback(lambda f: f.trap(CancelledError))
+        cluster.run(0.05)
+        self.assertEqual(n1.messenger._sender.in_flight("n2"), 1)
+        d.cancel()
+        self.assertEqual(n1.messenger._sender.in_flight("n2"), 0)
+        cluster.network.heal()
+        done: list[Any] = []
+        n1.send("n2", "t", "after").addBoth(done.append)
+        cluster.run(1)
+        self.assertEqual(done, [None])
+        self.assertEqual([m.body for m in received["n2"]], ["after"])
 
     def test_send_to_dead_member_fails(self) -> None:
         cluster, _, _ = formed()

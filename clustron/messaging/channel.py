@@ -190,11 +190,11 @@ class Messenger:
         # Bound once: every message in flight holds one of these, and a
         # bound method made per message would be one more object for the
         # garbage collector to track while it is in flight.
-        self._send_done = self._send_done  # type: ignore[method-assign]
         self._request_done = self._request_done  # type: ignore[method-assign]
         self._reply_done = self._reply_done  # type: ignore[method-assign]
         self._control_done = self._control_done  # type: ignore[method-assign]
-        self._cancel_send = self._cancel_send  # type: ignore[method-assign]
+        self._cancel_sent = self._cancel_sent  # type: ignore[method-assign]
+        self._sent_done = self._sent_done  # type: ignore[method-assign]
         self._forget_request = self._forget_request  # type: ignore[method-assign]
         self._fragment_bytes = messaging.fragment_bytes
         self._max_message_bytes = messaging.max_message_bytes
@@ -271,9 +271,11 @@ class Messenger:
         envelope = {"k": "m", "t": topic, "b": body}
         if not reliable:
             return self._send_unreliable(to, key, envelope)
-        d: Deferred[None] = Deferred(partial(self._cancel_send, to, key))
+        d = _Sent(self._cancel_sent)
+        d.to = to
+        d.key = key
         try:
-            self._send_reliable(to, key, envelope, self._send_done, d)
+            self._send_reliable(to, key, envelope, self._sent_done, d)
         except ClustronError as e:
             return fail(e)
         return d
@@ -878,8 +880,8 @@ class Messenger:
     def _forget_request(self, correlation: str, d: Deferred[Any] | None = None) -> None:
         self._requests.pop(correlation, None)
 
-    def _cancel_send(self, to: str, key: str, d: Deferred[None]) -> None:
-        self._sender.cancel(to, key)
+    def _cancel_sent(self, d: _Sent) -> None:
+        self._sender.cancel(d.to, d.key)
 
     def _request_done(
         self, context: tuple[str, FifoStamp, str], error: BaseException | None
@@ -968,9 +970,11 @@ class Messenger:
         key = str(msg_id)
         if not reliable:
             return self._send_unreliable(to, key, envelope)
-        d: Deferred[None] = Deferred(partial(self._cancel_send, to, key))
+        d = _Sent(self._cancel_sent)
+        d.to = to
+        d.key = key
         try:
-            self._send_reliable(to, key, envelope, self._send_done, d)
+            self._send_reliable(to, key, envelope, self._sent_done, d)
         except ClustronError as e:
             return fail(e)
         return d
@@ -980,14 +984,15 @@ class Messenger:
         to: str,
         key: str,
         envelope: dict[str, Any],
-        done: Callable[[tuple[str, FifoStamp, Any], BaseException | None], object],
+        done: Callable[[Any, BaseException | None], object],
         context: Any,
     ) -> None:
         """
         Stamp C{envelope} on the FIFO stream to C{to}, encode it once and
         hand it to the reliable sender, which reports the outcome by calling
-        C{done((to, stamp, context), error)} (see L{ReliableSender.send});
-        C{done} must settle the stamp.
+        C{done((to, stamp, context), error)} (see L{ReliableSender.send}),
+        or C{done(context, error)} with the stamp in C{context.stamp} when
+        C{context} is a L{_Sent}; C{done} must settle the stamp.
 
         @raise ClustronError: when it cannot be encoded (L{MessageTooLarge},
             L{SerializationError}) or C{to}'s queue is full (L{QueueFull});
@@ -1008,9 +1013,13 @@ class Messenger:
         stamp = fifo.stamp(to)
         envelope["type"] = "d"
         envelope["f"] = stamp  # a named tuple: its wire form is the list of its numbers
+        if type(context) is _Sent:
+            context.stamp = stamp  # it holds its own, in one object fewer
+        else:
+            context = (to, stamp, context)
         try:
             wire = self._encode(envelope)
-            sender.send(to, key, wire, done, (to, stamp, context))
+            sender.send(to, key, wire, done, context)
         except ClustronError:
             fifo.settle(to, stamp)
             self._send_acks(to, acks)
@@ -1019,11 +1028,8 @@ class Messenger:
         kind = envelope["k"]
         counts[kind] = counts.get(kind, 0) + 1
 
-    def _send_done(
-        self, context: tuple[str, FifoStamp, Deferred[None]], error: BaseException | None
-    ) -> None:
-        to, stamp, d = context
-        self._fifo_out.settle(to, stamp)
+    def _sent_done(self, d: _Sent, error: BaseException | None) -> None:
+        self._fifo_out.settle(d.to, d.stamp)
         if error is None:
             d.callback(None)
         else:
@@ -1285,6 +1291,16 @@ _KIND_LABELS = {
     "r": ("reply", "unicast"),
     total.FORWARD: ("message", "total"),
 }
+
+
+class _Sent(Deferred):  # type: ignore[type-arg]
+    """
+    The Deferred of a reliable send, holding what settling the send needs
+    (its destination, id and FIFO stamp), so that a message in flight is
+    fewer objects for the garbage collector to track.
+    """
+
+    __slots__ = ("to", "key", "stamp")
 
 
 class _EncodedEnvelope(dict):  # type: ignore[type-arg]
