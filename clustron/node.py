@@ -112,6 +112,7 @@ class ClusterNode(MultiService):
             serializer=self.serializer,
             serializers={s.name: s for s in serializers},
             transmit=self.mesh.send_message,
+            transmit_payload=self.mesh.send_payload,
             writable=self.mesh.writable,
             view=lambda: self.membership.view,
             rng=self.rng,

@@ -96,6 +96,9 @@ class Messenger:
     @param transmit: C{transmit(node_id, envelope)} writes one MESSAGE frame
         to a connected peer, raising L{UnknownMember} or L{QueueFull} when it
         cannot.
+    @param transmit_payload: C{transmit_payload(node_id, payload,
+        serializer_id)} writes one MESSAGE frame of an envelope serialized
+        already; by default C{transmit} with an L{Encoded} body.
     @param writable: C{writable(node_id)} says whether the connection to a
         peer can take more bulk data now.
     @param view: returns the current view (None before joining).
@@ -115,6 +118,7 @@ class Messenger:
         view: Callable[[], View | None],
         rng: random.Random,
         metrics: NodeMetrics,
+        transmit_payload: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.log = NodeLogger(node_id, namespace=__name__)
@@ -124,6 +128,11 @@ class Messenger:
         self._serializer = serializer
         self._serializers = serializers
         self._transmit_frame = transmit
+        self._transmit_payload = (
+            transmit_payload
+            if transmit_payload is not None
+            else lambda to, payload, serializer_id: transmit(to, Encoded(payload, serializer_id))
+        )
         self._writable = writable
         self._view = view
         self.metrics = metrics
@@ -198,6 +207,8 @@ class Messenger:
         self._forget_request = self._forget_request  # type: ignore[method-assign]
         self._fragment_bytes = messaging.fragment_bytes
         self._max_message_bytes = messaging.max_message_bytes
+        # An envelope up to this size travels as it is, in one frame.
+        self._one_frame_bytes = min(messaging.fragment_bytes, messaging.max_message_bytes)
         self._wire_id = serializer.wire_id
         self._request_latency = metrics.request_latency
         self._members: frozenset[str] = frozenset()
@@ -258,10 +269,11 @@ class Messenger:
             C{to} is not a member, L{DeliveryFailed} when C{to} dies or
             leaves first, L{MessageTooLarge} or L{QueueFull}.
         """
-        try:
-            self._check_member(to)
-        except ClustronError as e:
-            return fail(e)
+        if self._view() is not self._checked_view or to not in self._checked_active:
+            try:
+                self._check_member(to)
+            except ClustronError as e:
+                return fail(e)
         if type(topic) is not str or not topic or len(topic) > _MAX_TOPIC:
             self._check_topic(topic)
         if to == self.node_id:
@@ -291,10 +303,11 @@ class Messenger:
             (C{messaging.request_timeout} by default), L{RemoteError} when
             the handler raised, or L{UnknownMember}.
         """
-        try:
-            self._check_member(to)
-        except ClustronError as e:
-            return fail(e)
+        if self._view() is not self._checked_view or to not in self._checked_active:
+            try:
+                self._check_member(to)
+            except ClustronError as e:
+                return fail(e)
         if type(topic) is not str or not topic or len(topic) > _MAX_TOPIC:
             self._check_topic(topic)
         if len(self._requests) >= _MAX_REQUESTS:
@@ -323,7 +336,14 @@ class Messenger:
         now = self.clock.seconds()
         deadline = now + timeout
         self._requests[correlation] = (d, deadline, to, now, topic, timeout)
-        self._track_deadline(deadline, correlation)
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (deadline, correlation))
+        if (
+            self._deadline_timer is None
+            or deadline < self._deadline_at
+            or len(deadlines) > 2 * len(self._requests) + 64
+        ):
+            self._track_deadline(deadline)
         if to == self.node_id:
             self._later(self._dispatch_local, "m", msg_id, topic, body, correlation)
             return d
@@ -857,7 +877,10 @@ class Messenger:
         if entry is None or entry[2] != sender:
             return
         if envelope.get("ok") is True:
-            self._resolve(correlation, envelope.get("b"))
+            # self._resolve(correlation, envelope.get("b")), inline.
+            del self._requests[correlation]
+            self._request_latency.observe(self.clock.seconds() - entry[3])
+            entry[0].callback(envelope.get("b"))
         else:
             self._resolve(
                 correlation,
@@ -901,12 +924,12 @@ class Messenger:
         if entry is not None:
             entry[0].errback(error)
 
-    def _track_deadline(self, deadline: float, correlation: str) -> None:
+    def _track_deadline(self, deadline: float) -> None:
         """
-        Watch a request's deadline: one timer for all, set for the earliest.
+        Watch the deadline of a request just made (and pushed on the heap):
+        one timer for all, set for the earliest.
         """
         deadlines = self._deadlines
-        heapq.heappush(deadlines, (deadline, correlation))
         timer = self._deadline_timer
         if timer is None:
             self._deadline_at = deadline
@@ -1018,7 +1041,12 @@ class Messenger:
         else:
             context = (to, stamp, context)
         try:
-            wire = self._encode(envelope)
+            # self._encode(envelope), with its common case inline.
+            payload = self._serializer.dumps(envelope)
+            if len(payload) > self._one_frame_bytes:
+                wire: bytes | _EncodedEnvelope = self._encode(envelope, payload)
+            else:
+                wire = payload
             sender.send(to, key, wire, done, context)
         except ClustronError:
             fifo.settle(to, stamp)
@@ -1070,16 +1098,20 @@ class Messenger:
         except ClustronError:
             pass
 
-    def _encode(self, envelope: dict[str, Any]) -> bytes | _EncodedEnvelope:
+    def _encode(
+        self, envelope: dict[str, Any], payload: bytes | None = None
+    ) -> bytes | _EncodedEnvelope:
         """
         Serialize a data envelope once, for all its transmissions.
 
+        @param payload: the envelope serialized already, if it was.
         @return: the serialized envelope, or, for an envelope that
             travels in fragments, the envelope with its serialized form.
         @raise MessageTooLarge: when it exceeds C{messaging.max_message_bytes}.
         @raise SerializationError: when the serializer cannot encode it.
         """
-        payload = self._serializer.dumps(envelope)
+        if payload is None:
+            payload = self._serializer.dumps(envelope)
         size = len(payload)
         if size > self._max_message_bytes:
             raise MessageTooLarge(
@@ -1096,7 +1128,7 @@ class Messenger:
 
     def _transmit(self, to: str, envelope: Any) -> None:
         if type(envelope) is bytes:
-            self._transmit_frame(to, Encoded(envelope, self._wire_id))
+            self._transmit_payload(to, envelope, self._wire_id)
             return
         payload = getattr(envelope, "payload", None)
         if payload is None:
@@ -1111,7 +1143,7 @@ class Messenger:
                 self._transmit_frame(to, {"type": ACK_TYPE, "ids": acks})
             self._queue_fragments(to, str(envelope["id"]), payload)
             return
-        self._transmit_frame(to, Encoded(payload, self._wire_id))
+        self._transmit_payload(to, payload, self._wire_id)
 
     def _send_acks(self, to: str, acks: list[str] | None) -> None:
         """
@@ -1180,10 +1212,14 @@ class Messenger:
     def _check_member(self, to: str) -> None:
         view = self._view()
         if view is not self._checked_view:
-            # Views are immutable: their active members are worked out once.
+            # Views are immutable: their active members are worked out once
+            # (and only while this node is one of them, so that the quick
+            # check of send and request, `to in _checked_active`, implies it).
             self._checked_view = view
             self._checked_active = (
-                frozenset(view.active_ids()) if view is not None else frozenset()
+                frozenset(view.active_ids())
+                if view is not None and view.is_active_member(self.node_id)
+                else frozenset()
             )
         active = self._checked_active
         if self.node_id not in active:

@@ -564,6 +564,19 @@ class Mesh:
             raise UnknownMember(f"not connected to {node_id!r}")
         protocol.send(MESSAGE, body)
 
+    def send_payload(self, node_id: str, payload: bytes, serializer_id: int) -> None:
+        """
+        L{send_message} of a body serialized already (by the serializer of
+        wire id C{serializer_id}).
+
+        @raise UnknownMember: when no connection to C{node_id} is established.
+        @raise QueueFull: when its bounded send queue is full.
+        """
+        protocol = self.peers.get(node_id)
+        if protocol is None or protocol.closed:
+            raise UnknownMember(f"not connected to {node_id!r}")
+        protocol.send_payload(MESSAGE, payload, serializer_id)
+
     def try_send(self, node_id: str, frame_type: int, body: Any, priority: bool = False) -> bool:
         """
         Like L{send}, but report failure by returning False (a body that

@@ -106,7 +106,10 @@ class PeerProtocolOwner(TypingProtocol):
 
     def frame_received(self, protocol: PeerProtocol, frame_type: int, body: Any) -> None:
         """
-        A decoded frame arrived on an established connection.
+        A decoded frame arrived on an established connection (unless the
+        owner has a C{frame_handlers} dict, C{{frame_type: handler}}, whose
+        handler for the frame's type the connection calls directly, as
+        C{handler(peer_node_id, frame_type, body)}, from the handshake on).
         """
 
     def connection_closed(self, protocol: PeerProtocol, reason: str) -> None:
@@ -172,6 +175,10 @@ class PeerProtocol(Protocol):
         self._queue: collections.deque[bytes] = collections.deque()
         self._priority: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
+        # Set once established: the owner's handlers by frame type (if it
+        # has them) and the peer's node id, to hand frames over directly.
+        self._handlers: dict[int, Any] | None = None
+        self._peer_id = ""
         # Per-frame counts, kept as plain numbers (see NodeMetrics).
         metrics = owner.metrics
         self._frames_sent = metrics.frames_sent.counts
@@ -305,14 +312,25 @@ class PeerProtocol(Protocol):
             queue has no room.
         @raise SerializationError: when the body cannot be encoded.
         """
+        if type(body) is Encoded:
+            self.send_payload(frame_type, body.payload, body.serializer_id, priority)
+        else:
+            self.send_payload(
+                frame_type, self.serializer.dumps(body), self.serializer.wire_id, priority
+            )
+
+    def send_payload(
+        self, frame_type: int, payload: bytes, serializer_id: int, priority: bool = False
+    ) -> None:
+        """
+        L{send} a body serialized already by the serializer of wire id
+        C{serializer_id} (what an L{Encoded} body carries).
+
+        @raise QueueFull: as L{send}.
+        @raise SerializationError: when the frame would be too large.
+        """
         if self.closed:
             raise QueueFull("connection is closed")
-        if type(body) is Encoded:
-            payload = body.payload
-            serializer_id = body.serializer_id
-        else:
-            payload = self.serializer.dumps(body)
-            serializer_id = self.serializer.wire_id
         data = self._encode(frame_type, payload, serializer_id)
         if len(data) - 4 > self.owner.max_frame_bytes:
             raise SerializationError(
@@ -417,6 +435,12 @@ class PeerProtocol(Protocol):
                     raise ProtocolViolation("undecodable", str(e)) from None
             else:
                 body = self._decode(frame)
+            handlers = self._handlers
+            if handlers is not None:
+                handler = handlers.get(frame_type)
+                if handler is not None:
+                    handler(self._peer_id, frame_type, body)
+                    return
             self.owner.frame_received(self, frame_type, body)
             return
         if frame_type == framing.REJECT:
@@ -522,6 +546,9 @@ class PeerProtocol(Protocol):
         self._cancel_timeout()
         if self.owner.handshake_complete(self):
             self.established = True
+            assert self.peer is not None
+            self._peer_id = self.peer.node_id
+            self._handlers = getattr(self.owner, "frame_handlers", None)
         else:
             self.close(DUPLICATE_CONNECTION)
 
