@@ -15,6 +15,10 @@ record (that is C{messaging.py}, with each party in its own process).
 
 Measured, each after a warm-up:
 
+ - B{wire}: strictly sequential round trips of the wire alone: a frame
+   with a 64-character string that the peer's mesh sends straight back
+   (framing, CRC32, JSON, the connection and mesh layers; no messaging);
+   against a plain echo round trip.
  - B{rtt}: strictly sequential C{node.request(peer, "echo", 64 bytes)};
    against a plain echo round trip.
  - B{send}: C{node.send(peer, "sink", 64 bytes)} with a window of 256
@@ -43,6 +47,8 @@ if _ROOT not in sys.path:
 
 HOST = "127.0.0.1"
 PAYLOAD_TEXT = "x" * 64
+#: A frame type no Clustron layer uses, for the wire-only round trips.
+WIRE_ECHO = 200
 
 
 def _config(node_id: str, port: int, ports: list[int], tls: str | None) -> Any:
@@ -132,7 +138,9 @@ def main() -> None:
     parser.add_argument(
         "--gc", choices=["on", "freeze", "off"], default="on", help="garbage collection"
     )
-    parser.add_argument("--only", choices=["rtt", "send", "request"], help="measure one only")
+    parser.add_argument(
+        "--only", choices=["wire", "rtt", "send", "request"], help="measure one only"
+    )
     args = parser.parse_args()
 
     import cProfile
@@ -209,7 +217,20 @@ def main() -> None:
             gc.freeze()
             if args.gc == "off":
                 gc.disable()
+        # The wire alone: frames of a type of their own (WIRE_ECHO) that b's
+        # mesh sends straight back, and a's resolves one waiting Deferred.
+        waiting: list[Any] = []
+        b.mesh.frame_handlers[WIRE_ECHO] = lambda node, kind, body: b.mesh.send(node, kind, body)
+        a.mesh.frame_handlers[WIRE_ECHO] = lambda node, kind, body: waiting.pop(0).callback(None)
+
+        def wire_echo() -> Any:
+            d: Any = defer.Deferred()
+            waiting.append(d)
+            a.mesh.send("b", WIRE_ECHO, PAYLOAD_TEXT)
+            return d
+
         issuers = {
+            "wire": (wire_echo, 1),
             "rtt": (lambda: a.request("b", "echo", PAYLOAD_TEXT), 1),
             "request": (lambda: a.request("b", "echo", PAYLOAD_TEXT), 256),
             "send": (lambda: a.send("b", "sink", PAYLOAD_TEXT), 256),
