@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable
 from functools import partial
 from types import CoroutineType
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -529,7 +529,7 @@ class Messenger:
             # a reply sent by the handler carries it.
             receiver = self._receiver
             try:
-                key = envelope.get("id")
+                key: Any = envelope.get("id")
                 try:
                     msg_id = MessageId.parse(key)
                 except ValueError as e:
@@ -903,8 +903,9 @@ class Messenger:
     def _forget_request(self, correlation: str, d: Deferred[Any] | None = None) -> None:
         self._requests.pop(correlation, None)
 
-    def _cancel_sent(self, d: _Sent) -> None:
-        self._sender.cancel(d.to, d.key)
+    def _cancel_sent(self, d: Deferred[Any]) -> None:
+        sent = cast(_Sent, d)
+        self._sender.cancel(sent.to, sent.key)
 
     def _request_done(
         self, context: tuple[str, FifoStamp, str], error: BaseException | None
@@ -1337,6 +1338,10 @@ class _Sent(Deferred):  # type: ignore[type-arg]
     """
 
     __slots__ = ("to", "key", "stamp")
+
+    to: str
+    key: str
+    stamp: FifoStamp
 
 
 class _EncodedEnvelope(dict):  # type: ignore[type-arg]

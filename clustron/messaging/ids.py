@@ -95,14 +95,14 @@ class MessageId:
             head, _, tail = text.rpartition(":")
             stream = _VALID_STREAMS.get(head)
             if stream is not None and _NUMBER.fullmatch(tail):
-                counter = int(tail)
-                if counter <= MAX_NUMBER:
+                value = int(tail)
+                if value <= MAX_NUMBER:
                     # _make(node_id, incarnation, counter), inline.
-                    msg_id = object.__new__(MessageId)
-                    object.__setattr__(msg_id, "node_id", stream[0])
-                    object.__setattr__(msg_id, "incarnation", stream[1])
-                    object.__setattr__(msg_id, "counter", counter)
-                    return msg_id
+                    made = object.__new__(MessageId)
+                    object.__setattr__(made, "node_id", stream[0])
+                    object.__setattr__(made, "incarnation", stream[1])
+                    object.__setattr__(made, "counter", value)
+                    return made
         if not isinstance(text, str):
             raise ValueError(f"a message id must be a str, not {type(text).__name__}")
         if len(text) > MAX_NODE_ID_LENGTH + 42:

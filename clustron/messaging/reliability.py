@@ -2,13 +2,17 @@
 Reliable delivery: acknowledgements, retransmission and duplicate filtering.
 
 L{ReliableSender} transmits an envelope at once and retransmits it, after
-capped exponential backoff delays with equal jitter
-(L{clustron.backoff.Backoff}: each delay is drawn from the upper half of its
-ceiling, so the first retransmission never comes sooner than half of
-C{retry_initial} and a loaded but healthy link is not flooded with copies),
-until the destination acknowledges it, the destination is declared dead or
-leaves (the send fails with L{clustron.errors.DeliveryFailed}), or the
-caller cancels the Deferred.
+capped exponential backoff delays with equal jitter (as
+L{clustron.backoff.Backoff} with C{jitter="equal"}: each delay is drawn from
+the upper half of its ceiling, so the first retransmission never comes
+sooner than half of C{retry_initial} and a loaded but healthy link is not
+flooded with copies), until the destination acknowledges it, the
+destination is declared dead or leaves (the send fails with
+L{clustron.errors.DeliveryFailed}), or the caller cancels the send. Each
+envelope draws its own delays; one timer per destination carries them all
+out (see L{ReliableSender}). L{ReliableSender.submit} reports the outcome
+with a Deferred; L{ReliableSender.send}, the messaging layer's fast path,
+with a callback.
 
 Flow control, per destination: at most C{max_in_flight} envelopes are
 transmitted and unacknowledged at once. Envelopes submitted beyond that wait
@@ -27,7 +31,14 @@ its sender retransmits it later.
 Acknowledgements are per message id and may be batched: an ack envelope is
 C{{"type": "ack", "ids": ["n1:7:42", ...]}}. Ordered streams do not need
 cumulative acks for correctness, and per-id acks stay correct whatever the
-arrival order, so that is what this module does.
+arrival order, so that is what this module does. The sender keys what is in
+flight by the id's string form, so an acknowledgement is matched without
+parsing it. A caller that filters and orders envelopes itself (the
+messaging layer) uses L{ReliableReceiver.check_duplicate} and
+L{ReliableReceiver.record_taken} around its ordering buffer, batches the
+acknowledgements without a timer, and calls L{ReliableReceiver.flush_soon}
+once done with a batch of input, unless a message of its own going back
+took them along (L{ReliableReceiver.take}).
 """
 
 from __future__ import annotations
@@ -288,7 +299,10 @@ class ReliableSender:
             key = str(parse_id(envelope.get(ID_KEY)))
         except ValueError as e:
             raise ValueError(f"envelope {ID_KEY!r}: {e}") from None
-        deferred: Deferred[None] = Deferred(lambda d: self.cancel(to, key))
+        def canceller(d: Deferred[None]) -> None:
+            self.cancel(to, key)
+
+        deferred: Deferred[None] = Deferred(canceller)
         try:
             self.send(to, key, envelope, fire_deferred, deferred)
         except QueueFull as e:

@@ -49,7 +49,7 @@ def _finite_float(text: str) -> float:
 # What dumps refuses, loads refuses too: no NaN or infinities (spelled out or
 # reached by overflow), so every decoded value can be encoded again.
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_scan_once = _decoder.scan_once
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # the C scanner, set in __init__
 
 # A \u escape of a UTF-16 surrogate: the decoded text may then hold a lone
 # surrogate, which UTF-8 (and so dumps) cannot carry.

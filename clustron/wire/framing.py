@@ -423,7 +423,8 @@ class FrameDecoder:
                         )[0]
                     else:
                         trailer = bytes(buffer[body_end:stop])
-                        valid = integrity.check(buffer[start:body_end], trailer)
+                        # (bytes() of a bytes slice is that slice, no copy.)
+                        valid = integrity.check(bytes(buffer[start:body_end]), trailer)
                     if not valid:
                         raise FrameError(
                             "bad_signature" if integrity.flag == FLAG_HMAC else "bad_checksum"

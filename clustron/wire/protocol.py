@@ -342,7 +342,7 @@ class PeerProtocol(Protocol):
             counts = self._frames_sent
             counts[frame_type] = counts.get(frame_type, 0) + 1
             self._bytes_sent.value += len(data)
-            self.transport.write(data)
+            self.transport.write(data)  # type: ignore[union-attr]
             return
         self.send_encoded(frame_type, data, priority)
 
