@@ -35,6 +35,7 @@ PROTOCOL_MINOR = 0
 
 _LENGTH = struct.Struct(">I")
 _HEADER = struct.Struct(">2sBBBBB")
+_PREFIX = struct.Struct(">I2sBBBBB")  # the length, then the header
 HEADER_SIZE = _HEADER.size
 
 # Frame types.
@@ -334,6 +335,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._error: FrameError | None = None
         self._minimum = HEADER_SIZE + integrity.trailer_size
+        self._crc = type(integrity) is Crc32
 
     @property
     def buffered(self) -> int:
@@ -349,6 +351,7 @@ class FrameDecoder:
         """
         self._integrity = integrity
         self._minimum = HEADER_SIZE + integrity.trailer_size
+        self._crc = type(integrity) is Crc32
 
     def feed(self, data: bytes) -> list[Frame]:
         """
@@ -359,6 +362,30 @@ class FrameDecoder:
             is one of C{oversized}, C{undersized}, C{bad_magic},
             C{protocol_version}, C{bad_checksum}, C{bad_signature}.
         """
+        if self._crc and not self._buffer and self._error is None and type(data) is bytes:
+            # The common case: one whole, valid CRC32 frame, nothing held.
+            # Anything else (or anything wrong) takes the general path below,
+            # which reports what is wrong.
+            end = len(data)
+            if end >= 4 + HEADER_SIZE + 4:
+                length, magic, major, _minor, flags, serializer_id, frame_type = (
+                    _PREFIX.unpack_from(data)
+                )
+                if (
+                    length + 4 == end
+                    and length <= self.max_frame_bytes
+                    and magic == MAGIC
+                    and major == PROTOCOL_MAJOR
+                    and flags & (FLAG_CRC32 | FLAG_HMAC) == FLAG_CRC32
+                    and frame_type not in HANDSHAKE_TYPES
+                    and zlib.crc32(data[4 : end - 4]) == _LENGTH.unpack_from(data, end - 4)[0]
+                ):
+                    return [
+                        tuple.__new__(
+                            Frame,
+                            (frame_type, serializer_id, flags, data[4 + HEADER_SIZE : end - 4]),
+                        )
+                    ]
         if self._error is not None:
             raise self._error
         held = self._buffer
