@@ -111,7 +111,8 @@ class ClusterNode(MultiService):
             config=config,
             serializer=self.serializer,
             serializers={s.name: s for s in serializers},
-            transmit=lambda to, envelope: self.mesh.send(to, framing.MESSAGE, envelope),
+            transmit=self.mesh.send_message,
+            transmit_payload=self.mesh.send_payload,
             writable=self.mesh.writable,
             view=lambda: self.membership.view,
             rng=self.rng,
@@ -124,6 +125,7 @@ class ClusterNode(MultiService):
             framing.CONTROL: self.membership.frame_received,
             framing.MESSAGE: self.messenger.frame_received,
         }
+        self.mesh.frame_handlers = self._frame_handlers
         self.discovery: dict[str, Any] = self._make_discovery(config)
         self.authorizer = None
         self.admin = None

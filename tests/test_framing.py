@@ -98,6 +98,33 @@ class EncodeTests(SynchronousTestCase):
             data, raw_frame(b"xy", flags=0, frame_type=framing.BYE, crc=False)
         )
 
+    def test_frame_encoder(self) -> None:
+        """
+        L{framing.frame_encoder} encodes as L{encode_frame} does, for every
+        integrity.
+        """
+        for integrity in (Crc32(), NoIntegrity()):
+            encode = framing.frame_encoder(integrity)
+            for frame_type, payload, serializer_id in [
+                (framing.MESSAGE, b"abc", 1),
+                (framing.MESSAGE, b"", 2),
+                (framing.HEARTBEAT, b"x" * 5000, 1),
+            ]:
+                self.assertEqual(
+                    encode(frame_type, payload, serializer_id),
+                    encode_frame(frame_type, payload, serializer_id, integrity),
+                )
+        self.assertRaises(struct.error, framing.frame_encoder(Crc32()), 300, b"", 1)
+
+    def test_seal_parts(self) -> None:
+        """
+        C{seal_parts(header, payload)} is C{seal(header + payload)}.
+        """
+        for integrity in (Crc32(), NoIntegrity()):
+            self.assertEqual(
+                integrity.seal_parts(b"head", b"body"), integrity.seal(b"headbody")
+            )
+
     def test_crc32_seal_and_check(self) -> None:
         """
         L{Crc32.check} accepts its own seal and nothing else.

@@ -848,6 +848,27 @@ class SendTests(MeshTestCase):
         self.assertRaises(UnknownMember, a.mesh.send, "nobody", framing.MESSAGE, {})
         self.assertFalse(a.mesh.try_send("nobody", framing.MESSAGE, {}))
 
+    def test_send_message_and_frame_handlers(self) -> None:
+        """
+        L{Mesh.send_message} sends a MESSAGE frame (raising
+        L{UnknownMember} without a connection); a frame type with an entry
+        in C{frame_handlers} goes there instead of C{on_frame}.
+        """
+        a = self.node(A, "a")
+        b = self.node(B, "b").start()
+        a.start(b)
+        self.run_until(lambda: a.mesh.peers and b.mesh.peers)
+        handled: list[tuple[str, int, Any]] = []
+        b.mesh.frame_handlers = {
+            framing.MESSAGE: lambda node, kind, body: handled.append((node, kind, body))
+        }
+        a.mesh.send_message("b", {"m": 1})
+        a.mesh.send("b", framing.CONTROL, {"c": 2})
+        self.net.run(1)
+        self.assertEqual(handled, [("a", framing.MESSAGE, {"m": 1})])
+        self.assertEqual(b.frames, [("a", framing.CONTROL, {"c": 2})])
+        self.assertRaises(UnknownMember, a.mesh.send_message, "nobody", {})
+
     def test_after_peer_down(self) -> None:
         """
         Once a peer is down, sending to it raises L{UnknownMember}.

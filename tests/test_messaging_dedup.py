@@ -57,6 +57,35 @@ class DedupWindowTests(SynchronousTestCase):
         self.assertTrue(window.seen(mid("a", 1)))
         self.assertTrue(window.seen(mid("a", 1)))
 
+    def test_record(self) -> None:
+        """
+        L{DedupWindow.record} is the second half of L{DedupWindow.seen}, for
+        an id L{DedupWindow.contains} said is new.
+        """
+        window = DedupWindow(8)
+        for counter in (0, 2, 1, 4):
+            self.assertFalse(window.contains(mid("a", counter)))
+            window.record(mid("a", counter))
+            self.assertTrue(window.contains(mid("a", counter)))
+        self.assertFalse(window.contains(mid("a", 3)))
+        self.assertEqual(len(window), 2)  # the stream (up to 2) and 4
+
+    def test_counting_from_one_is_compact(self) -> None:
+        """
+        Ids as a L{MessageIdSource} hands them out (from 1) keep one entry
+        per sender however many arrive; a counter 0 is still new until
+        recorded.
+        """
+        window = DedupWindow(8)
+        for counter in range(1, 100):
+            self.assertFalse(window.seen(mid("a", counter)))
+        self.assertEqual(len(window), 1)
+        self.assertFalse(window.contains(mid("a", 0)))
+        self.assertFalse(window.seen(mid("a", 0)))
+        self.assertTrue(window.seen(mid("a", 0)))
+        self.assertTrue(window.contains(mid("a", 99)))
+        self.assertEqual(len(window), 1)
+
     def test_contains_does_not_record(self) -> None:
         """
         L{DedupWindow.contains} answers without recording.

@@ -74,6 +74,17 @@ class MessageIdTests(SynchronousTestCase):
                 MessageId.parse(text)
             self.assertIn("message id", str(caught.exception))
 
+    def test_parse_rejects_after_valid(self) -> None:
+        """
+        Parsing remembers streams seen valid to go faster, but a malformed
+        counter is refused all the same once its stream is known.
+        """
+        self.assertEqual(MessageId.parse("n9:1:2"), MessageId("n9", 1, 2))
+        self.assertEqual(MessageId.parse("n9:1:3"), MessageId("n9", 1, 3))
+        for text in ["n9:1:", "n9:1:02", "n9:1:-3", "n9:1: 3", "n9:1:٣", f"n9:1:{MAX_NUMBER + 1}"]:
+            with self.assertRaises(ValueError, msg=text):
+                MessageId.parse(text)
+
     def test_parse_non_str(self) -> None:
         """
         Parsing something else than a str is a ValueError too (input from
@@ -163,3 +174,16 @@ class MessageIdSourceTests(SynchronousTestCase):
         source = MessageIdSource("n1", 5, start=MAX_NUMBER)
         source.next_id()
         self.assertRaises(ValueError, source.next_id)
+        source = MessageIdSource("n1", 5, start=MAX_NUMBER)
+        source.next_text()
+        self.assertRaises(ValueError, source.next_text)
+
+    def test_next_text(self) -> None:
+        """
+        L{MessageIdSource.next_text} hands out the next id in string form,
+        from the same counter as L{MessageIdSource.next_id}.
+        """
+        source = MessageIdSource("n1", 5)
+        self.assertEqual(source.next_text(), "n1:5:1")
+        self.assertEqual(source.next_id(), MessageId("n1", 5, 2))
+        self.assertEqual(MessageId.parse(source.next_text()), MessageId("n1", 5, 3))

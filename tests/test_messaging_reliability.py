@@ -127,10 +127,142 @@ class SenderTests(SynchronousTestCase):
         d = self.sender.submit("b", envelope(1))
         self.assertTrue(self.sender.ack("b", MessageId("me", 1, 1)))
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.sender.in_flight("b"), 0)
+        # The destination's timer is left to lapse (an acknowledgement does
+        # not touch it): it retransmits nothing and is not set again.
         self.clock.advance(100)
         self.assertEqual(len(self.sent), 1)
-        self.assertEqual(self.sender.in_flight("b"), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ack_by_string(self) -> None:
+        """
+        An acknowledgement may name the id in its string form.
+        """
+        d = self.sender.submit("b", envelope(1))
+        self.assertTrue(self.sender.ack("b", "me:1:1"))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_one_timer_per_destination(self) -> None:
+        """
+        However many envelopes are in flight to a destination, one timer
+        retransmits them; each keeps its own backoff.
+        """
+        sender = ReliableSender(
+            self.clock,
+            lambda to, env: self.sent.append((to, env)),
+            retry_initial=0.2,
+            retry_max=5.0,
+            rng=random.Random(4),
+        )
+        for n in range(50):
+            sender.submit("b", envelope(n))
+            self.clock.advance(0.001)
+        sender.submit("c", envelope(99))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.sent), 51 + 51)  # everything was retransmitted once
+        self.assertEqual(sender.retransmissions, 51)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+
+    def test_send_reports_through_callback(self) -> None:
+        """
+        L{ReliableSender.send} reports the outcome to its callback, with the
+        context given, exactly once: None when acknowledged.
+        """
+        outcomes: list[tuple[Any, Any]] = []
+        notify = lambda context, error: outcomes.append((context, error))  # noqa: E731
+        self.sender.send("b", "me:1:1", {"body": 1}, notify, "ctx")
+        self.assertEqual(self.sent, [("b", {"body": 1})])
+        self.assertEqual(self.sender.handle_ack_ids("b", ["me:1:1", "me:1:1", "x:1:1"]), 1)
+        self.assertEqual(outcomes, [("ctx", None)])
+
+    def test_send_failures_and_cancel(self) -> None:
+        """
+        The callback learns of a failure (DeliveryFailed) or a cancellation
+        (CancelledError); a full queue raises QueueFull and never calls it;
+        a key already outstanding is refused.
+        """
+        outcomes: list[tuple[Any, Any]] = []
+        notify = lambda context, error: outcomes.append((context, error))  # noqa: E731
+        self.sender.send("b", "k1", {}, notify, 1)
+        self.sender.send("b", "k2", {}, notify, 2)
+        self.sender.send("b", "k3", {}, notify, 3)
+        self.assertRaises(ValueError, self.sender.send, "b", "k3", {}, notify, 3)
+        self.assertRaises(QueueFull, self.sender.send, "b", "k4", {}, notify, 4)
+        self.assertTrue(self.sender.cancel("b", "k3"))  # a waiting one
+        self.assertFalse(self.sender.cancel("b", "k3"))
+        self.assertTrue(self.sender.cancel("b", "k1"))  # one in flight
+        self.sender.peer_dead("b")
+        self.assertEqual([context for context, _ in outcomes], [3, 1, 2])
+        self.assertIsInstance(outcomes[0][1], CancelledError)
+        self.assertIsInstance(outcomes[1][1], CancelledError)
+        self.assertIsInstance(outcomes[2][1], DeliveryFailed)
+        self.assertFalse(self.sender.cancel("b", "k2"))
+
+    def test_handle_ack_ids_shape(self) -> None:
+        """
+        Acknowledged ids must come as a list of at most L{MAX_ACK_IDS}
+        strings; their text is not otherwise checked (an id never sent
+        acknowledges nothing).
+        """
+        for bad in [None, "a:1:1", {"a": 1}, [1], ["a:1:1", None], ["a"] * (MAX_ACK_IDS + 1)]:
+            with self.assertRaises(ProtocolViolation, msg=repr(bad)) as caught:
+                self.sender.handle_ack_ids("b", bad)
+            self.assertEqual(caught.exception.reason, "bad_ack")
+        self.assertEqual(self.sender.handle_ack_ids("b", ["not an id"]), 0)
+
+    def test_leaves_now(self) -> None:
+        """
+        L{ReliableSender.leaves_now} says whether a submission would be
+        transmitted at once.
+        """
+        self.assertTrue(self.sender.leaves_now("b"))
+        self.sender.submit("b", envelope(1))
+        self.assertTrue(self.sender.leaves_now("b"))
+        self.sender.submit("b", envelope(2))
+        self.assertFalse(self.sender.leaves_now("b"))
+
+    def test_timer_moved_earlier(self) -> None:
+        """
+        An envelope due for retransmission well before the destination's
+        timer (whose earliest envelope backed off to long delays) moves the
+        timer earlier.
+        """
+        self.sender.submit("b", envelope(1))
+        for _ in range(5):
+            self.clock.advance(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds())
+        self.assertGreater(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds(), 1)
+        self.sender.submit("b", envelope(2))
+        (timer,) = self.clock.getDelayedCalls()
+        self.assertLessEqual(timer.getTime() - self.clock.seconds(), 0.2)
+        count = len(self.sent)
+        self.clock.advance(0.2)
+        self.assertEqual(self.sent[count:], [("b", envelope(2))])
+
+    def test_retransmission_not_early_nor_much_late(self) -> None:
+        """
+        Every retransmission comes at or after the delay drawn for it (at
+        least half of C{retry_initial} at first), and at most
+        C{retry_initial / 4} after it.
+        """
+        times: dict[str, list[float]] = {}
+
+        def send(to: str, env: dict[str, Any]) -> None:
+            times.setdefault(env["id"], []).append(self.clock.seconds())
+
+        sender = ReliableSender(self.clock, send, 0.2, 5.0, random.Random(5))
+        for n in range(40):
+            sender.submit("b", envelope(n))
+            self.clock.advance(0.013)
+        for _ in range(400):
+            self.clock.advance(0.01)
+        for sent in times.values():
+            gaps = [later - earlier for earlier, later in zip(sent, sent[1:], strict=False)]
+            self.assertGreaterEqual(len(gaps), 3)
+            for attempt, gap in enumerate(gaps):
+                ceiling = min(5.0, 0.2 * 2**attempt)
+                self.assertGreaterEqual(gap, ceiling / 2 - 1e-9)
+                self.assertLessEqual(gap, ceiling + 0.05 + 0.01 + 1e-9)  # slack, clock step
 
     def test_ack_from_another_node(self) -> None:
         """
@@ -398,6 +530,8 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(results, [[None]] * count)
         self.assertEqual(sorted(taken), list(range(count)))
         self.assertTrue(all(0 <= delay <= retry_max for delay in clock.delays))
+        # Once everything is acknowledged the timers lapse.
+        clock.advance(retry_max)
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
@@ -589,6 +723,44 @@ class ReceiverTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(5)
         self.assertEqual(len(self.acks), 1)
+
+    def test_split_receive(self) -> None:
+        """
+        L{ReliableReceiver.check_duplicate} and
+        L{ReliableReceiver.record_taken} do what L{ReliableReceiver.receive}
+        does, in two steps, batching the acknowledgements without a timer:
+        L{ReliableReceiver.flush_soon} schedules them, or a message of the
+        caller takes them along (L{ReliableReceiver.take}).
+        """
+        receiver = ReliableReceiver(
+            self.clock, lambda to, env: self.acks.append((to, env)), coalesce=True
+        )
+        first = MessageId("a", 1, 1)
+        self.assertFalse(receiver.check_duplicate("a", first, "a:1:1"))
+        receiver.record_taken("a", first, "a:1:1")
+        self.assertTrue(receiver.check_duplicate("a", first, "a:1:1"))
+        self.assertEqual(receiver.duplicates, 1)
+        self.assertEqual(receiver.batched, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(receiver.take("a"), ["a:1:1", "a:1:1"])
+        self.assertEqual(receiver.batched, 0)
+        receiver.record_taken("b", MessageId("b", 1, 1), "b:1:1")
+        receiver.flush_soon()
+        receiver.flush_soon()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(self.acked(), [("b", ["b:1:1"])])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_accept(self) -> None:
+        """
+        L{ReliableReceiver.accept} is L{ReliableReceiver.receive} for an id
+        parsed already.
+        """
+        msg_id = MessageId("a", 1, 1)
+        self.assertTrue(self.receiver.accept("a", msg_id, "a:1:1", {}))
+        self.assertFalse(self.receiver.accept("a", msg_id, "a:1:1", {}))
+        self.assertEqual(self.acked(), [("a", ["a:1:1"])] * 2)
 
     def test_send_failure(self) -> None:
         """

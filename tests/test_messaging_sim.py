@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from clustron.errors import (
@@ -116,6 +117,39 @@ class RequestTests(SynchronousTestCase):
         cluster.run(0.6)
         self.assertEqual(results[0].type, RequestTimeout)
 
+    def test_request_deadlines(self) -> None:
+        """
+        Each request times out at its own deadline, whatever the order they
+        were made in; an answered or cancelled request never times out; and
+        answered requests leave no deadline behind to pile up.
+        """
+        cluster, _, _ = formed()
+        n1 = cluster.nodes["n1"]
+        cluster.nodes["n2"].on_message("echo", lambda m: m.body)
+        for n in range(500):
+            n1.request("n2", "echo", n, timeout=5.0)
+            cluster.run(0.001)
+        cluster.run(0.2)
+        self.assertLess(len(n1.messenger._deadlines), 200)
+        cluster.network.cut_one_way(cluster.host_of("n2"), cluster.host_of("n1"))
+        start = cluster.clock.seconds()
+        times: dict[str, float] = {}
+
+        def timed_out(failure: Any, name: str) -> None:
+            failure.trap(RequestTimeout)
+            times[name] = cluster.clock.seconds() - start
+
+        n1.request("n2", "echo", 1, timeout=2.0).addErrback(timed_out, "long")
+        n1.request("n2", "echo", 2, timeout=0.5).addErrback(timed_out, "short")
+        cancelled = n1.request("n2", "echo", 3, timeout=0.3)
+        cancelled.addErrback(lambda f: None)
+        cancelled.cancel()
+        cluster.run(2.5)
+        self.assertEqual(sorted(times), ["long", "short"])
+        self.assertAlmostEqual(times["short"], 0.5, delta=0.01)
+        self.assertAlmostEqual(times["long"], 2.0, delta=0.01)
+        self.assertEqual(n1.messenger._requests, {})
+
     def test_not_joined(self) -> None:
         cluster = SimCluster(3, seed=1, overrides={"membership": {"bootstrap_expect": 3}})
         cluster.start(["n1"])
@@ -179,6 +213,28 @@ class ReliabilityTests(SynchronousTestCase):
             self.assertLess(len(bodies), 100)
         self.assertEqual(len(received["n1"]), 100)
         checker.assert_ok()
+
+    def test_cancelled_send_stops(self) -> None:
+        """
+        Cancelling a send's Deferred stops its retransmissions, and the
+        messages after it on the same stream are delivered all the same.
+        """
+        cluster, _, _ = formed()
+        received = collect(cluster)
+        n1 = cluster.nodes["n1"]
+        cluster.network.cut_one_way(cluster.host_of("n1"), cluster.host_of("n2"))
+        d = n1.send("n2", "t", "lost")
+        d.addErrback(lambda f: f.trap(CancelledError))
+        cluster.run(0.05)
+        self.assertEqual(n1.messenger._sender.in_flight("n2"), 1)
+        d.cancel()
+        self.assertEqual(n1.messenger._sender.in_flight("n2"), 0)
+        cluster.network.heal()
+        done: list[Any] = []
+        n1.send("n2", "t", "after").addBoth(done.append)
+        cluster.run(1)
+        self.assertEqual(done, [None])
+        self.assertEqual([m.body for m in received["n2"]], ["after"])
 
     def test_send_to_dead_member_fails(self) -> None:
         cluster, _, _ = formed()

@@ -32,14 +32,17 @@ import base64
 import binascii
 import collections
 import functools
+import heapq
 import random
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from types import CoroutineType
+from typing import Any, cast
 
 import attrs
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -70,7 +73,6 @@ from clustron.messaging.reliability import (
     ReliableReceiver,
     ReliableSender,
     ack_envelope,
-    parse_id,
 )
 from clustron.observability import tracing
 from clustron.observability.logs import NodeLogger
@@ -98,6 +100,9 @@ class Messenger:
     @param transmit: C{transmit(node_id, envelope)} writes one MESSAGE frame
         to a connected peer, raising L{UnknownMember} or L{QueueFull} when it
         cannot.
+    @param transmit_payload: C{transmit_payload(node_id, payload,
+        serializer_id)} writes one MESSAGE frame of an envelope serialized
+        already; by default C{transmit} with an L{Encoded} body.
     @param writable: C{writable(node_id)} says whether the connection to a
         peer can take more bulk data now.
     @param view: returns the current view (None before joining).
@@ -117,6 +122,7 @@ class Messenger:
         view: Callable[[], View | None],
         rng: random.Random,
         metrics: NodeMetrics,
+        transmit_payload: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.log = NodeLogger(node_id, namespace=__name__)
@@ -126,6 +132,11 @@ class Messenger:
         self._serializer = serializer
         self._serializers = serializers
         self._transmit_frame = transmit
+        self._transmit_payload = (
+            transmit_payload
+            if transmit_payload is not None
+            else lambda to, payload, serializer_id: transmit(to, Encoded(payload, serializer_id))
+        )
         self._writable = writable
         self._view = view
         self.metrics = metrics
@@ -142,15 +153,18 @@ class Messenger:
         )
         # Acknowledgements of one reactor turn go out together, in one frame
         # per peer, right after it.
+        self._dedup = DedupWindow(messaging.dedup_window)
         self._receiver = ReliableReceiver(
             clock,
             self._transmit,
-            DedupWindow(messaging.dedup_window),
+            self._dedup,
             max_ack_batch=_MAX_ACK_BATCH,
             coalesce=True,
         )
-        self._sent_counters: dict[tuple[str, str], Any] = {}
-        self._received_counters: dict[tuple[str, str], Any] = {}
+        # Messages counted by envelope kind, labelled when scraped.
+        metrics.message_labels = _labels
+        self._sent_counts = metrics.messages_sent.counts
+        self._received_counts = metrics.messages_received.counts
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
@@ -186,7 +200,32 @@ class Messenger:
         self._reassembler = Reassembler(clock, max_message_bytes=messaging.max_message_bytes)
         self._bulk: dict[str, collections.deque[dict[str, Any]]] = {}
         self._handlers: dict[str, Handler] = {}
-        self._requests: dict[str, tuple[Deferred[Any], IDelayedCall, str, float]] = {}
+        # Requests waiting for replies: correlation -> (Deferred, deadline,
+        # peer, sent at, topic, timeout). Their deadlines wait in a heap
+        # watched by one timer (an entry whose request was answered is
+        # dropped when it comes up, or when stale entries pile up).
+        self._requests: dict[str, tuple[Deferred[Any], float, str, float, str, float]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._deadline_timer: IDelayedCall | None = None
+        self._deadline_at = 0.0
+        # The active members of the last view checked (see _check_member).
+        self._checked_view: View | None = None
+        self._checked_active: frozenset[str] = frozenset()
+        # Bound once: every message in flight holds one of these, and a
+        # bound method made per message would be one more object for the
+        # garbage collector to track while it is in flight.
+        self._request_done = self._request_done  # type: ignore[method-assign]
+        self._reply_done = self._reply_done  # type: ignore[method-assign]
+        self._control_done = self._control_done  # type: ignore[method-assign]
+        self._cancel_sent = self._cancel_sent  # type: ignore[method-assign]
+        self._sent_done = self._sent_done  # type: ignore[method-assign]
+        self._forget_request = self._forget_request  # type: ignore[method-assign]
+        self._fragment_bytes = messaging.fragment_bytes
+        self._max_message_bytes = messaging.max_message_bytes
+        # An envelope up to this size travels as it is, in one frame.
+        self._one_frame_bytes = min(messaging.fragment_bytes, messaging.max_message_bytes)
+        self._wire_id = serializer.wire_id
+        self._request_latency = metrics.request_latency
         self._members: frozenset[str] = frozenset()
         self._running = True
         #: Observers of sends and deliveries (the testkit's checkers):
@@ -245,17 +284,28 @@ class Messenger:
             C{to} is not a member, L{DeliveryFailed} when C{to} dies or
             leaves first, L{MessageTooLarge} or L{QueueFull}.
         """
-        try:
-            self._check_member(to)
+        if self._view() is not self._checked_view or to not in self._checked_active:
+            try:
+                self._check_member(to)
+            except ClustronError as e:
+                return fail(e)
+        if type(topic) is not str or not topic or len(topic) > _MAX_TOPIC:
             self._check_topic(topic)
+        if to == self.node_id:
+            self._later(self._dispatch_local, "m", self._ids.next_id(), topic, body, None)
+            return succeed(None)
+        key = self._ids.next_text()
+        envelope = {"k": "m", "t": topic, "b": body}
+        if not reliable:
+            return self._send_unreliable(to, key, envelope)
+        d = _Sent(self._cancel_sent)
+        d.to = to
+        d.key = key
+        try:
+            self._send_reliable(to, key, envelope, self._sent_done, d)
         except ClustronError as e:
             return fail(e)
-        msg_id = self._ids.next_id()
-        if to == self.node_id:
-            self._later(self._dispatch_local, "m", msg_id, topic, body, None)
-            return succeed(None)
-        envelope = {"k": "m", "t": topic, "b": body}
-        return self._send_envelope(to, msg_id, envelope, reliable)
+        return d
 
     def request(
         self, to: str, topic: str, body: Any, timeout: float | None = None
@@ -268,18 +318,24 @@ class Messenger:
             (C{messaging.request_timeout} by default), L{RemoteError} when
             the handler raised, or L{UnknownMember}.
         """
-        try:
-            self._check_member(to)
+        if self._view() is not self._checked_view or to not in self._checked_active:
+            try:
+                self._check_member(to)
+            except ClustronError as e:
+                return fail(e)
+        if type(topic) is not str or not topic or len(topic) > _MAX_TOPIC:
             self._check_topic(topic)
-        except ClustronError as e:
-            return fail(e)
         if len(self._requests) >= _MAX_REQUESTS:
             return fail(QueueFull(f"{len(self._requests)} requests are waiting for replies"))
-        timeout = self.config.messaging.request_timeout if timeout is None else timeout
-        msg_id = self._ids.next_id()
-        correlation = str(msg_id)
+        if timeout is None:
+            timeout = self.config.messaging.request_timeout
+        if to == self.node_id:
+            msg_id = self._ids.next_id()
+            correlation = str(msg_id)
+        else:
+            correlation = self._ids.next_text()
+        d: Deferred[Any] = Deferred(partial(self._forget_request, correlation))
         carrier: dict[str, str] = {}
-        d: Deferred[Any] = Deferred(lambda _: self._forget_request(correlation))
         if tracing.active():
             span = tracing.tracer.start_span(
                 "clustron.request",
@@ -292,31 +348,27 @@ class Messenger:
             )
             tracing.inject(carrier, otel_trace.set_span_in_context(span))
             d.addBoth(_end_span, span)
-
-        def timed_out() -> None:
-            entry = self._requests.pop(correlation, None)
-            if entry is not None:
-                entry[0].errback(
-                    RequestTimeout(f"no reply from {to} to {topic!r} within {timeout} s")
-                )
-
-        timer = self.clock.callLater(timeout, timed_out)
-        self._requests[correlation] = (d, timer, to, self.clock.seconds())
+        now = self.clock.seconds()
+        deadline = now + timeout
+        self._requests[correlation] = (d, deadline, to, now, topic, timeout)
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (deadline, correlation))
+        if (
+            self._deadline_timer is None
+            or deadline < self._deadline_at
+            or len(deadlines) > 2 * len(self._requests) + 64
+        ):
+            self._track_deadline(deadline)
         if to == self.node_id:
             self._later(self._dispatch_local, "m", msg_id, topic, body, correlation)
             return d
         envelope = {"k": "m", "t": topic, "b": body, "rq": True}
         if carrier:
             envelope["tc"] = carrier
-
-        def send_failed(failure: Failure) -> None:
-            entry = self._requests.pop(correlation, None)
-            if entry is not None:
-                if entry[1].active():
-                    entry[1].cancel()
-                entry[0].errback(failure)
-
-        self._send_envelope(to, msg_id, envelope, True).addErrback(send_failed)
+        try:
+            self._send_reliable(to, correlation, envelope, self._request_done, correlation)
+        except ClustronError as e:
+            self._request_failed(correlation, e)
         return d
 
     def broadcast(
@@ -427,12 +479,10 @@ class Messenger:
             self._fifo_out.forget(gone)
             self._bulk.pop(gone, None)
             self._reassembler.forget(gone)
-            for correlation, (d, timer, to, _) in list(self._requests.items()):
-                if to == gone:
+            for correlation, entry in list(self._requests.items()):
+                if entry[2] == gone and self._requests.get(correlation) is entry:
                     del self._requests[correlation]
-                    if timer.active():
-                        timer.cancel()
-                    d.errback(UnknownMember(f"{gone} left the view before replying"))
+                    entry[0].errback(UnknownMember(f"{gone} left the view before replying"))
         self._members = members
         if in_view:
             assert view is not None
@@ -523,11 +573,15 @@ class Messenger:
         self._receiver.stop()
         self._reassembler.stop()
         self.total.fail_pending(ClustronError("node stopped"))
-        for d, timer, _, _ in list(self._requests.values()):
-            if timer.active():
-                timer.cancel()
-            d.errback(ClustronError("node stopped"))
+        if self._deadline_timer is not None:
+            if self._deadline_timer.active():
+                self._deadline_timer.cancel()
+            self._deadline_timer = None
+        requests = list(self._requests.values())
         self._requests.clear()
+        self._deadlines.clear()
+        for entry in requests:
+            entry[0].errback(ClustronError("node stopped"))
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -537,24 +591,50 @@ class Messenger:
 
         @raise ProtocolViolation: when it is malformed.
         """
-        if not isinstance(envelope, dict):
+        if type(envelope) is not dict and not isinstance(envelope, dict):
             raise ProtocolViolation("malformed_message", "envelope is not a mapping")
         kind = envelope.get("type")
-        if kind in ("d", "u") and ACKS_KEY in envelope:
-            self._sender.handle_ack(sender, {"type": ACK_TYPE, "ids": envelope[ACKS_KEY]})
         if kind == "d":
-            # Messages are handed to the application once the envelope is
-            # recorded and its acknowledgement batched, so that a reply sent
-            # by the handler carries it.
-            ready: list[tuple[MessageId, dict[str, Any]]] = []
-            self._receiver.receive(
-                sender, envelope, admit=lambda env: self._admit(sender, env, ready)
-            )
-            for delivered_id, delivered in ready:
-                self._dispatch(sender, delivered_id, delivered)
+            if ACKS_KEY in envelope:
+                self._sender.handle_ack_ids(sender, envelope[ACKS_KEY])
+            # A reliable (FIFO) data envelope: filter duplicates, order,
+            # record and acknowledge (batched), then hand over what is
+            # deliverable. Messages are handed to the application once the
+            # envelope is recorded and its acknowledgement batched, so that
+            # a reply sent by the handler carries it.
+            receiver = self._receiver
+            try:
+                key: Any = envelope.get("id")
+                try:
+                    msg_id = MessageId.parse(key)
+                except ValueError as e:
+                    raise ProtocolViolation("bad_message_id", str(e)) from None
+                if self._dedup.contains(msg_id) and receiver.check_duplicate(
+                    sender, msg_id, key
+                ):
+                    return
+                stamp = envelope.get("f")
+                if type(stamp) is not list or len(stamp) != 4:
+                    raise ProtocolViolation("malformed_message", "bad FIFO stamp")
+                incarnation, stream, seq, first = stamp
+                arrival = self._fifo_in.receive(
+                    sender, incarnation, seq, (msg_id, envelope), stream, first
+                )
+                if not arrival.taken:
+                    return
+                receiver.record_taken(sender, msg_id, key)
+                for delivered_id, delivered in arrival.deliver:
+                    self._dispatch(sender, delivered_id, delivered)
+            finally:
+                # Acknowledgements not carried by a reply (piggybacked)
+                # go out right after this turn.
+                if receiver.batched:
+                    receiver.flush_soon()
         elif kind == ACK_TYPE:
             self._sender.handle_ack(sender, envelope)
         elif kind == "u":
+            if ACKS_KEY in envelope:
+                self._sender.handle_ack_ids(sender, envelope[ACKS_KEY])
             msg_id = self._parse_id(envelope)
             if not self._unreliable_window.seen(msg_id):
                 self._dispatch(sender, msg_id, envelope)
@@ -569,23 +649,26 @@ class Messenger:
         """
         self._pump(node_id)
 
-    def _admit(
-        self,
-        sender: str,
-        envelope: dict[str, Any],
-        ready: list[tuple[MessageId, dict[str, Any]]],
-    ) -> bool:
-        stamp = envelope.get("f")
-        if not isinstance(stamp, list) or len(stamp) != 4:
-            raise ProtocolViolation("malformed_message", "bad FIFO stamp")
-        incarnation, stream, seq, first = stamp
-        msg_id = self._parse_id(envelope)
-        arrival = self._fifo_in.receive(sender, incarnation, seq, (msg_id, envelope), stream, first)
-        ready.extend(arrival.deliver)
-        return arrival.taken
-
     def _dispatch(self, sender: str, msg_id: MessageId, envelope: dict[str, Any]) -> None:
         kind = envelope.get("k")
+        if kind == "m":
+            # The common case, as below.
+            topic = envelope.get("t")
+            if type(topic) is not str or len(topic) > _MAX_TOPIC:
+                raise ProtocolViolation("malformed_message", "bad topic")
+            counts = self._received_counts
+            counts["m"] = counts.get("m", 0) + 1
+            self._handle(
+                sender,
+                msg_id,
+                "m",
+                topic,
+                envelope.get("b"),
+                envelope["id"] if envelope.get("rq") is True else None,
+                None,
+                envelope.get("tc"),
+            )
+            return
         if not isinstance(kind, str):
             raise ProtocolViolation("malformed_message", "envelope kind is not a string")
         if kind in total.KINDS:
@@ -611,7 +694,9 @@ class Messenger:
         topic = envelope.get("t")
         if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
             raise ProtocolViolation("malformed_message", "bad topic")
-        _counter(self._received_counters, self.metrics.messages_received, kind).inc()
+        if kind in _KIND_LABELS:  # a peer's unknown kinds must not grow the dict
+            counts = self._received_counts
+            counts[kind] = counts.get(kind, 0) + 1
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
             key = envelope.get("ck")
@@ -847,11 +932,28 @@ class Messenger:
         position: Position | None = None,
         trace: Any = None,
     ) -> None:
-        order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
-        self._notify(
-            "deliver", sender=sender, id=str(msg_id), order=order, topic=topic, position=position
-        )
-        if tracing.active():
+        order = _ORDER_NAMES[kind]
+        if self.observers:
+            self._notify(
+                "deliver",
+                sender=sender,
+                id=str(msg_id),
+                order=order,
+                topic=topic,
+                position=position,
+            )
+        handler = self._handlers.get(topic)
+        if handler is not None and not tracing.active():
+            # self._call_handler(...), inline: once per message.
+            message = _message(topic, body, sender, msg_id, correlation, order, position)
+            try:
+                result = handler(message)
+            except BaseException:
+                result = Failure()
+            else:
+                if type(result) is CoroutineType:
+                    result = Deferred.fromCoroutine(result)
+        elif tracing.active():
             with tracing.span(
                 "clustron.handle",
                 context=tracing.extract(trace) if trace is not None else None,
@@ -861,20 +963,65 @@ class Messenger:
                 sender=sender,
                 message_id=str(msg_id),
             ):
-                d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
-        else:
-            d = self._invoke(sender, msg_id, kind, topic, body, correlation, position)
-        if correlation is not None:
-            d.addBoth(lambda result: self._reply(sender, correlation, result))
-        else:
-            d.addErrback(
-                lambda failure: self.log.failure(
-                    "handler for {topic} failed on {msg_id}",
-                    failure,
-                    topic=topic,
-                    msg_id=str(msg_id),
+                result = self._call_handler(
+                    sender, msg_id, order, topic, body, correlation, position
                 )
+        else:
+            result = self._call_handler(sender, msg_id, order, topic, body, correlation, position)
+        if correlation is not None:
+            if type(result) not in _PLAIN_TYPES and isinstance(result, Deferred):
+                result.addBoth(self._reply_later, sender, correlation)
+            else:
+                self._reply(sender, correlation, result)
+        elif result is None:
+            pass
+        elif type(result) is Deferred or isinstance(result, Deferred):
+            result.addErrback(self._handler_failed, topic, msg_id)
+        elif isinstance(result, Failure):
+            self._handler_failed(result, topic, msg_id)
+
+    def _call_handler(
+        self,
+        sender: str,
+        msg_id: MessageId,
+        order: str,
+        topic: str,
+        body: Any,
+        correlation: str | None,
+        position: Position | None,
+    ) -> Any:
+        """
+        Call the handler of C{topic} with the message.
+
+        @return: what it returned (a Deferred when it returned a coroutine),
+            or a L{Failure} when it raised or there is none for a request.
+        """
+        handler = self._handlers.get(topic)
+        if handler is None:
+            if correlation is not None:
+                return Failure(LookupError(f"no handler for topic {topic!r} on {self.node_id}"))
+            self.log.debug(
+                "no handler for topic {topic}; message {msg_id} dropped",
+                topic=topic,
+                msg_id=str(msg_id),
             )
+            return None
+        message = _message(topic, body, sender, msg_id, correlation, order, position)
+        try:
+            result = handler(message)
+        except BaseException:
+            return Failure()
+        if type(result) is CoroutineType:
+            return Deferred.fromCoroutine(result)
+        return result
+
+    def _handler_failed(self, failure: Failure, topic: str, msg_id: MessageId) -> None:
+        self.log.failure(
+            "handler for {topic} failed on {msg_id}",
+            failure,
+            topic=topic,
+            msg_id=str(msg_id),
+        )
 
     def _invoke(
         self,
@@ -886,27 +1033,17 @@ class Messenger:
         correlation: str | None,
         position: Position | None = None,
     ) -> Deferred[Any]:
-        handler = self._handlers.get(topic)
-        if handler is None:
-            if correlation is not None:
-                return fail(LookupError(f"no handler for topic {topic!r} on {self.node_id}"))
-            self.log.debug(
-                "no handler for topic {topic}; message {msg_id} dropped",
-                topic=topic,
-                msg_id=str(msg_id),
-            )
-            return succeed(None)
-        order = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}[kind]
-        message = Message(
-            topic=topic,
-            body=body,
-            sender=sender,
-            id=msg_id,
-            correlation_id=correlation,
-            order=order,
-            position=position,
+        result = self._call_handler(
+            sender, msg_id, _ORDER_NAMES[kind], topic, body, correlation, position
         )
-        return maybeDeferred(handler, message)
+        if isinstance(result, Deferred):
+            return result
+        if isinstance(result, Failure):
+            return fail(result)
+        return succeed(result)
+
+    def _reply_later(self, result: Any, to: str, correlation: str) -> None:
+        self._reply(to, correlation, result)
 
     def _reply(self, to: str, correlation: str, result: Any) -> None:
         if isinstance(result, Failure):
@@ -923,40 +1060,52 @@ class Messenger:
         if to == self.node_id:
             self._resolve(correlation, result)
             return
-        msg_id = self._ids.next_id()
-
-        def unsendable(failure: Failure) -> Deferred[None]:
+        try:
+            self._send_reliable(to, self._ids.next_text(), envelope, self._reply_done, correlation)
+            return
+        except (MessageTooLarge, SerializationError) as e:
             # The reply itself cannot travel: tell the requester why.
-            failure.trap(MessageTooLarge, SerializationError)
             error = {
                 "k": "r",
                 "c": correlation,
                 "ok": False,
-                "et": failure.type.__name__,
-                "em": failure.getErrorMessage()[:1000],
+                "et": type(e).__name__,
+                "em": str(e)[:1000],
             }
-            return self._send_envelope(to, self._ids.next_id(), error, True)
+        except ClustronError as e:
+            self._reply_failed(to, correlation, e)
+            return
+        try:
+            self._send_reliable(to, self._ids.next_text(), error, self._reply_done, correlation)
+        except ClustronError as e:
+            self._reply_failed(to, correlation, e)
 
-        def failed(failure: Failure) -> None:
-            self.log.info(
-                "could not send the reply to {peer} for {correlation}: {why}",
-                peer=to,
-                correlation=correlation,
-                why=failure.getErrorMessage(),
-            )
+    def _reply_done(self, context: tuple[str, FifoStamp, str], error: BaseException | None) -> None:
+        to, stamp, correlation = context
+        self._fifo_out.settle(to, stamp)
+        if error is not None:
+            self._reply_failed(to, correlation, error)
 
-        d = self._send_envelope(to, msg_id, envelope, True)
-        d.addErrback(unsendable).addErrback(failed)
+    def _reply_failed(self, to: str, correlation: str, error: BaseException) -> None:
+        self.log.info(
+            "could not send the reply to {peer} for {correlation}: {why}",
+            peer=to,
+            correlation=correlation,
+            why=str(error),
+        )
 
     def _on_response(self, sender: str, envelope: dict[str, Any]) -> None:
         correlation = envelope.get("c")
-        if not isinstance(correlation, str):
+        if type(correlation) is not str:
             raise ProtocolViolation("malformed_message", "response without correlation id")
         entry = self._requests.get(correlation)
         if entry is None or entry[2] != sender:
             return
         if envelope.get("ok") is True:
-            self._resolve(correlation, envelope.get("b"))
+            # self._resolve(correlation, envelope.get("b")), inline.
+            del self._requests[correlation]
+            self._request_latency.observe(self.clock.seconds() - entry[3])
+            entry[0].callback(envelope.get("b"))
         else:
             self._resolve(
                 correlation,
@@ -967,68 +1116,201 @@ class Messenger:
         entry = self._requests.pop(correlation, None)
         if entry is None:
             return
-        d, timer, _, started = entry
-        if timer.active():
-            timer.cancel()
-        self.metrics.request_latency.observe(self.clock.seconds() - started)
-        if isinstance(result, Failure) and not isinstance(result.value, RemoteError):
-            result = Failure(RemoteError(type(result.value).__name__, str(result.value)))
+        # Its deadline stays in the heap until it comes up (or a compaction).
+        self._request_latency.observe(self.clock.seconds() - entry[3])
         if isinstance(result, Failure):
-            d.errback(result)
+            if not isinstance(result.value, RemoteError):
+                result = Failure(RemoteError(type(result.value).__name__, str(result.value)))
+            entry[0].errback(result)
         else:
-            d.callback(result)
+            entry[0].callback(result)
 
-    def _forget_request(self, correlation: str) -> None:
+    def _forget_request(self, correlation: str, d: Deferred[Any] | None = None) -> None:
+        self._requests.pop(correlation, None)
+
+    def _cancel_sent(self, d: Deferred[Any]) -> None:
+        sent = cast(_Sent, d)
+        self._sender.cancel(sent.to, sent.key)
+
+    def _request_done(
+        self, context: tuple[str, FifoStamp, str], error: BaseException | None
+    ) -> None:
+        """
+        The outcome of a request's reliable send: a failure fails the
+        request (success needs nothing: the reply will come, or the
+        deadline).
+        """
+        to, stamp, correlation = context
+        self._fifo_out.settle(to, stamp)
+        if error is not None:
+            self._request_failed(correlation, error)
+
+    def _request_failed(self, correlation: str, error: BaseException) -> None:
         entry = self._requests.pop(correlation, None)
-        if entry is not None and entry[1].active():
-            entry[1].cancel()
+        if entry is not None:
+            entry[0].errback(error)
+
+    def _track_deadline(self, deadline: float) -> None:
+        """
+        Watch the deadline of a request just made (and pushed on the heap):
+        one timer for all, set for the earliest.
+        """
+        deadlines = self._deadlines
+        timer = self._deadline_timer
+        if timer is None:
+            self._deadline_at = deadline
+            self._deadline_timer = self.clock.callLater(
+                max(0.0, deadline - self.clock.seconds()), self._expire
+            )
+        elif deadline < self._deadline_at:
+            self._deadline_at = deadline
+            timer.reset(max(0.0, deadline - self.clock.seconds()))
+        if len(deadlines) > 2 * len(self._requests) + 64:
+            # Mostly answered requests: keep the heap as small as the live.
+            requests = self._requests
+            live = [
+                item
+                for item in deadlines
+                if item[1] in requests and requests[item[1]][1] == item[0]
+            ]
+            heapq.heapify(live)
+            self._deadlines = live
+
+    def _expire(self) -> None:
+        """
+        Fail the requests whose deadline passed with L{RequestTimeout}.
+        """
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        requests = self._requests
+        cutoff = self.clock.seconds() + 1e-9  # floating point may fire a hair early
+        while deadlines and deadlines[0][0] <= cutoff:
+            deadline, correlation = heapq.heappop(deadlines)
+            entry = requests.get(correlation)
+            if entry is not None and entry[1] == deadline:
+                del requests[correlation]
+                entry[0].errback(
+                    RequestTimeout(
+                        f"no reply from {entry[2]} to {entry[4]!r} within {entry[5]} s"
+                    )
+                )
+            deadlines = self._deadlines  # a callback may have compacted it
+        while deadlines and (
+            deadlines[0][1] not in requests or requests[deadlines[0][1]][1] != deadlines[0][0]
+        ):
+            heapq.heappop(deadlines)
+        if deadlines and self._deadline_timer is None:
+            self._deadline_at = deadlines[0][0]
+            self._deadline_timer = self.clock.callLater(
+                max(0.0, deadlines[0][0] - self.clock.seconds()), self._expire
+            )
 
     # -- sending ----------------------------------------------------------------------------
 
     def _send_envelope(
         self, to: str, msg_id: MessageId, envelope: dict[str, Any], reliable: bool
     ) -> Deferred[None]:
-        envelope["id"] = str(msg_id)
-        kind = envelope.get("k")
+        """
+        Send an envelope to one peer (a copy of a broadcast, say).
+
+        @return: a Deferred that fires once acknowledged (at once when
+            unreliable), or fails as L{send} describes.
+        """
+        key = str(msg_id)
+        if not reliable:
+            return self._send_unreliable(to, key, envelope)
+        d = _Sent(self._cancel_sent)
+        d.to = to
+        d.key = key
+        try:
+            self._send_reliable(to, key, envelope, self._sent_done, d)
+        except ClustronError as e:
+            return fail(e)
+        return d
+
+    def _send_reliable(
+        self,
+        to: str,
+        key: str,
+        envelope: dict[str, Any],
+        done: Callable[[Any, BaseException | None], object],
+        context: Any,
+    ) -> None:
+        """
+        Stamp C{envelope} on the FIFO stream to C{to}, encode it once and
+        hand it to the reliable sender, which reports the outcome by calling
+        C{done((to, stamp, context), error)} (see L{ReliableSender.send}),
+        or C{done(context, error)} with the stamp in C{context.stamp} when
+        C{context} is a L{_Sent}; C{done} must settle the stamp.
+
+        @raise ClustronError: when it cannot be encoded (L{MessageTooLarge},
+            L{SerializationError}) or C{to}'s queue is full (L{QueueFull});
+            C{done} is then never called.
+        """
+        envelope["id"] = key
         # Acknowledgements waiting for this peer ride along (piggybacking):
         # a reply acknowledges its request, the next request the reply. Only
         # on a message that leaves now: one waiting for an in-flight slot
         # must not hold acknowledgements back (the peer's window may be
         # waiting for them).
-        leaves_now = not reliable or (
-            self._sender.pending(to) == 0
-            and self._sender.in_flight(to) < self.config.messaging.max_in_flight
-        )
-        acks = self._receiver.take(to) if leaves_now else []
+        receiver = self._receiver
+        sender = self._sender
+        acks = receiver.take(to) if receiver.batched and sender.leaves_now(to) else None
         if acks:
-            envelope[ACKS_KEY] = [str(ack) for ack in acks]
-        if not reliable:
-            envelope["type"] = "u"
-            try:
-                wire = self._encode(envelope)
-                _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
-                self._transmit(to, wire)
-            except ClustronError as e:
-                self._send_acks(to, acks)
-                return fail(e)
-            return succeed(None)
-        stamp = self._fifo_out.stamp(to)
+            envelope[ACKS_KEY] = acks
+        fifo = self._fifo_out
+        stamp = fifo.stamp(to)
         envelope["type"] = "d"
-        envelope["f"] = [stamp.incarnation, stamp.stream_id, stamp.seq, stamp.first]
+        envelope["f"] = stamp  # a named tuple: its wire form is the list of its numbers
+        if type(context) is _Sent:
+            context.stamp = stamp  # it holds its own, in one object fewer
+        else:
+            context = (to, stamp, context)
+        try:
+            # self._encode(envelope), with its common case inline.
+            payload = self._serializer.dumps(envelope)
+            if len(payload) > self._one_frame_bytes:
+                wire: bytes | _EncodedEnvelope = self._encode(envelope, payload)
+            else:
+                wire = payload
+            sender.send(to, key, wire, done, context)
+        except ClustronError:
+            fifo.settle(to, stamp)
+            self._send_acks(to, acks)
+            raise
+        counts = self._sent_counts
+        kind = envelope["k"]
+        counts[kind] = counts.get(kind, 0) + 1
+
+    def _sent_done(self, d: _Sent, error: BaseException | None) -> None:
+        self._fifo_out.settle(d.to, d.stamp)
+        if error is None:
+            d.callback(None)
+        else:
+            d.errback(error)
+
+    def _control_done(
+        self, context: tuple[str, FifoStamp, None], error: BaseException | None
+    ) -> None:
+        self._fifo_out.settle(context[0], context[1])
+
+    def _send_unreliable(self, to: str, key: str, envelope: dict[str, Any]) -> Deferred[None]:
+        envelope["id"] = key
+        receiver = self._receiver
+        acks = receiver.take(to) if receiver.batched else None
+        if acks:
+            envelope[ACKS_KEY] = acks
+        envelope["type"] = "u"
         try:
             wire = self._encode(envelope)
+            counts = self._sent_counts
+            kind = envelope["k"]
+            counts[kind] = counts.get(kind, 0) + 1
+            self._transmit(to, wire)
         except ClustronError as e:
-            self._fifo_out.settle(to, stamp)
             self._send_acks(to, acks)
             return fail(e)
-        _counter(self._sent_counters, self.metrics.messages_sent, kind).inc()
-        d = self._sender.submit(to, wire)
-
-        def settle(result: Any, stamp: FifoStamp = stamp) -> Any:
-            self._fifo_out.settle(to, stamp)
-            return result
-
-        return d.addBoth(settle)
+        return succeed(None)
 
     def _send_control(self, to: str, envelope: dict[str, Any]) -> None:
         """
@@ -1037,44 +1319,59 @@ class Messenger:
         """
         if to == self.node_id:
             return
-        self._send_envelope(to, self._ids.next_id(), dict(envelope), True).addErrback(
-            lambda _: None
-        )
+        try:
+            self._send_reliable(to, self._ids.next_text(), dict(envelope), self._control_done, None)
+        except ClustronError:
+            pass
 
-    def _encode(self, envelope: dict[str, Any]) -> _EncodedEnvelope:
+    def _encode(
+        self, envelope: dict[str, Any], payload: bytes | None = None
+    ) -> bytes | _EncodedEnvelope:
         """
         Serialize a data envelope once, for all its transmissions.
 
+        @param payload: the envelope serialized already, if it was.
+        @return: the serialized envelope, or, for an envelope that
+            travels in fragments, the envelope with its serialized form.
         @raise MessageTooLarge: when it exceeds C{messaging.max_message_bytes}.
         @raise SerializationError: when the serializer cannot encode it.
         """
-        payload = self._serializer.dumps(envelope)
-        limit = self.config.messaging.max_message_bytes
-        if len(payload) > limit:
+        if payload is None:
+            payload = self._serializer.dumps(envelope)
+        size = len(payload)
+        if size > self._max_message_bytes:
             raise MessageTooLarge(
-                f"message of {len(payload)} bytes exceeds messaging.max_message_bytes={limit}"
+                f"message of {size} bytes exceeds"
+                f" messaging.max_message_bytes={self._max_message_bytes}"
             )
+        if size <= self._fragment_bytes:
+            # Bytes, not an Encoded: bytes are no work for the garbage
+            # collector while the message is in flight (see _transmit).
+            return payload
         wire = _EncodedEnvelope(envelope)
         wire.payload = payload
         return wire
 
-    def _transmit(self, to: str, envelope: dict[str, Any]) -> None:
+    def _transmit(self, to: str, envelope: Any) -> None:
+        if type(envelope) is bytes:
+            self._transmit_payload(to, envelope, self._wire_id)
+            return
         payload = getattr(envelope, "payload", None)
         if payload is None:
             if envelope.get("type") not in ("d", "u"):
                 self._transmit_frame(to, envelope)  # an acknowledgement
                 return
             payload = self._serializer.dumps(envelope)
-        if len(payload) > self.config.messaging.fragment_bytes:
+        if len(payload) > self._fragment_bytes:
             acks = envelope.get(ACKS_KEY)
             if acks:
                 # Fragments take a while: the acknowledgements go ahead.
                 self._transmit_frame(to, {"type": ACK_TYPE, "ids": acks})
             self._queue_fragments(to, str(envelope["id"]), payload)
             return
-        self._transmit_frame(to, Encoded(payload, self._serializer.wire_id))
+        self._transmit_payload(to, payload, self._wire_id)
 
-    def _send_acks(self, to: str, acks: list[MessageId]) -> None:
+    def _send_acks(self, to: str, acks: list[str] | None) -> None:
         """
         Send acknowledgements taken for an envelope that was not sent.
         """
@@ -1139,8 +1436,22 @@ class Messenger:
         return view
 
     def _check_member(self, to: str) -> None:
-        view = self._joined_view()
-        if not view.is_active_member(to):
+        view = self._view()
+        if view is not self._checked_view:
+            # Views are immutable: their active members are worked out once
+            # (and only while this node is one of them, so that the quick
+            # check of send and request, `to in _checked_active`, implies it).
+            self._checked_view = view
+            self._checked_active = (
+                frozenset(view.active_ids())
+                if view is not None and view.is_active_member(self.node_id)
+                else frozenset()
+            )
+        active = self._checked_active
+        if self.node_id not in active:
+            raise NotJoined(f"{self.node_id} is not a member of a view yet")
+        if to not in active:
+            assert view is not None
             raise UnknownMember(f"{to!r} is not a member of view {view.epoch}.{view.seq}")
 
     def _check_topic(self, topic: str) -> None:
@@ -1157,7 +1468,7 @@ class Messenger:
 
     def _parse_id(self, envelope: dict[str, Any]) -> MessageId:
         try:
-            return parse_id(envelope.get("id"))
+            return MessageId.parse(envelope.get("id"))
         except ValueError as e:
             raise ProtocolViolation("bad_message_id", str(e)) from None
 
@@ -1237,6 +1548,46 @@ def _end_span(result: Any, span: Any) -> Any:
     return result
 
 
+_ORDER_NAMES = {"m": "unicast", "b": "fifo", "c": "causal", "t": "total"}
+
+#: Types a handler's result may have that are certainly not Deferreds
+#: (isinstance against Deferred, a generic class, costs an ABC check).
+_PLAIN_TYPES = frozenset({type(None), str, bytes, int, float, bool, list, dict, tuple})
+
+
+def _message(
+    topic: str,
+    body: Any,
+    sender: str,
+    msg_id: MessageId,
+    correlation: str | None,
+    order: str,
+    position: Position | None,
+) -> Message:
+    """
+    The L{Message} a handler receives, made without running its attrs
+    validators (which cost more than the rest of delivering a message):
+    the values were checked on the way here, but for the one rule a peer
+    could break, checked here as L{Message} does.
+
+    @raise ValueError: when the id was not issued by C{sender}.
+    """
+    if msg_id.node_id != sender:
+        raise ValueError(f"message id {msg_id} was not issued by its sender {sender!r}")
+    if type(topic) is not str or not topic:
+        raise ValueError(f"message topic must be a non-empty str, not {topic!r}")
+    message = object.__new__(Message)
+    setattr_ = object.__setattr__
+    setattr_(message, "topic", topic)
+    setattr_(message, "body", body)
+    setattr_(message, "sender", sender)
+    setattr_(message, "id", msg_id)
+    setattr_(message, "correlation_id", correlation)
+    setattr_(message, "order", order)
+    setattr_(message, "position", position)
+    return message
+
+
 _KIND_LABELS = {
     "m": ("message", "unicast"),
     "b": ("message", "fifo"),
@@ -1246,6 +1597,20 @@ _KIND_LABELS = {
 }
 
 
+class _Sent(Deferred):  # type: ignore[type-arg]
+    """
+    The Deferred of a reliable send, holding what settling the send needs
+    (its destination, id and FIFO stamp), so that a message in flight is
+    fewer objects for the garbage collector to track.
+    """
+
+    __slots__ = ("to", "key", "stamp")
+
+    to: str
+    key: str
+    stamp: FifoStamp
+
+
 class _EncodedEnvelope(dict):  # type: ignore[type-arg]
     """
     A data envelope with its serialized form (C{payload}), so that the
@@ -1253,18 +1618,6 @@ class _EncodedEnvelope(dict):  # type: ignore[type-arg]
     """
 
     __slots__ = ("payload",)
-
-
-def _counter(cache: dict[tuple[str, str], Any], family: Any, kind: Any) -> Any:
-    """
-    The child of a messages metric family for an envelope kind, looked up
-    once per label pair (C{labels()} costs more than the count).
-    """
-    labels = _labels(kind)
-    child = cache.get(labels)
-    if child is None:
-        child = cache[labels] = family.labels(*labels)
-    return child
 
 
 def _labels(kind: Any) -> tuple[str, str]:

@@ -2,11 +2,13 @@
 A bounded window of message ids already received.
 
 Per sender incarnation (a I{stream}: C{(node_id, incarnation)}) the window
-keeps a low-water mark -- every counter at or below it was seen -- and the
+keeps a low-water mark -- every counter from 1 up to it was seen -- and the
 set of counters seen above it (out of order, or skipped because they went to
 other receivers). A counter arriving just above the mark raises the mark and
 absorbs the counters above it that close the gap, so a sender whose ids all
-reach this receiver costs one entry however many it sends.
+reach this receiver costs one entry however many it sends. (Counter 0, which
+L{clustron.messaging.ids.MessageIdSource} does not hand out unless told to,
+is remembered apart, as part of its stream's entry: the mark starts at 0.)
 
 Bound and guarantee
 ===================
@@ -51,11 +53,15 @@ _CounterKey = tuple[str, int, int]
 
 
 class _Stream:
-    __slots__ = ("low", "above")
+    __slots__ = ("low", "above", "zero")
 
     def __init__(self) -> None:
-        self.low = -1
+        # Counter 0 is tracked on its own (zero), so that the mark can start
+        # at 0: ids count from 1 (MessageIdSource), and a mark waiting for a
+        # 0 that never comes would make every counter an out-of-order entry.
+        self.low = 0
         self.above: set[int] = set()
+        self.zero = False
 
 
 @implementer(IDuplicateFilter)
@@ -104,10 +110,13 @@ class DedupWindow:
         @return: whether C{msg_id} was recorded (and not evicted); changes
             nothing.
         """
-        stream = self._streams.get(msg_id.stream)
+        stream = self._streams.get((msg_id.node_id, msg_id.incarnation))
         if stream is None:
             return False
-        return msg_id.counter <= stream.low or msg_id.counter in stream.above
+        counter = msg_id.counter
+        if counter <= stream.low:
+            return counter != 0 or stream.zero
+        return counter in stream.above
 
     def seen(self, msg_id: MessageId) -> bool:
         """
@@ -118,25 +127,45 @@ class DedupWindow:
         """
         if self.contains(msg_id):
             return True
-        key = msg_id.stream
+        self.record(msg_id)
+        return False
+
+    def record(self, msg_id: MessageId) -> None:
+        """
+        Record C{msg_id}, which L{contains} just said is not recorded (the
+        second half of L{seen}, for callers that asked already).
+        """
+        key = (msg_id.node_id, msg_id.incarnation)
         counter = msg_id.counter
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream()
-        if counter == stream.low + 1:
+        recency = self._recency
+        if counter == 0:
+            stream.zero = True
+            if key in recency:
+                recency.move_to_end(key)
+                return
+        elif counter == stream.low + 1:
+            above = stream.above
+            if above:
+                while counter + 1 in above:
+                    counter += 1
+                    above.remove(counter)
+                    del recency[(key[0], key[1], counter)]
             stream.low = counter
-            while stream.low + 1 in stream.above:
-                stream.low += 1
-                stream.above.remove(stream.low)
-                del self._recency[(key[0], key[1], stream.low)]
+            if key in recency:
+                # After the counter entries, to keep the invariant.
+                recency.move_to_end(key)
+                return  # nothing was added: nothing to evict
         else:
             stream.above.add(counter)
-            self._recency[(key[0], key[1], counter)] = None
-        # After the counter's entry, to keep the invariant.
-        self._recency[key] = None
-        self._recency.move_to_end(key)
-        self._evict()
-        return False
+            recency[(key[0], key[1], counter)] = None
+            if key in recency:
+                recency.move_to_end(key)
+        recency[key] = None
+        if len(recency) > self._limit:
+            self._evict()
 
     def forget(self, node_id: str) -> None:
         """

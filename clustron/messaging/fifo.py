@@ -54,9 +54,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 from twisted.logger import Logger
 
 from clustron.errors import ProtocolViolation
@@ -83,10 +82,10 @@ DEFAULT_MAX_BUFFER = 1024
 DEFAULT_MAX_UNSETTLED = 2048
 
 
-@attrs.frozen
-class FifoStamp:
+class FifoStamp(NamedTuple):
     """
-    The position of one message in its sender's stream.
+    The position of one message in its sender's stream: a named tuple, so
+    that it is also the stamp's wire form (a list of its four numbers).
 
     @ivar incarnation: the sending process's incarnation.
     @ivar stream_id: the generation of the stream within that incarnation.
@@ -99,6 +98,9 @@ class FifoStamp:
     stream_id: int
     seq: int
     first: int = 1
+
+
+_new_stamp = tuple.__new__
 
 
 class _Outgoing:
@@ -180,7 +182,10 @@ class FifoSender:
         else:
             self._streams.move_to_end(stream)
         state.last += 1
-        return FifoStamp(self.incarnation, state.stream_id, state.last, state.low + 1)
+        # FifoStamp(...), without its Python-level __new__.
+        return _new_stamp(
+            FifoStamp, (self.incarnation, state.stream_id, state.last, state.low + 1)
+        )
 
     def settle(self, stream: str, stamp: FifoStamp) -> None:
         """
@@ -189,6 +194,18 @@ class FifoSender:
         generation or incarnation are ignored.
         """
         state = self._streams.get(stream)
+        if (
+            state is not None
+            and not state.settled
+            and stamp.seq == state.low + 1
+            and stamp.seq <= state.last
+            and stamp.stream_id == state.stream_id
+            and stamp.incarnation == self.incarnation
+        ):
+            # The common case (the oldest unsettled message, nothing settled
+            # above it): what the general case below comes to.
+            state.low = stamp.seq
+            return
         if (
             state is None
             or stamp.incarnation != self.incarnation
@@ -311,6 +328,22 @@ class FifoReceiver:
         @raise ProtocolViolation: when a number is not a valid int, or
             C{first} is above C{seq}.
         """
+        state = self._streams.get(sender)
+        if (
+            state is not None
+            and seq == state.next
+            and not state.buffer
+            and type(seq) is int
+            and type(first) is int
+            and 1 <= first <= seq
+            and type(incarnation) is int
+            and type(stream_id) is int
+            and (incarnation, stream_id) == state.generation
+        ):
+            # The common case (the next message of the current stream, with
+            # nothing buffered): what the checks and branches below come to.
+            state.next = seq + 1
+            return Arrival(True, DELIVERED, (payload,))
         _check_count("incarnation", incarnation, 0)
         _check_count("stream_id", stream_id, 0)
         _check_count("seq", seq, 1)

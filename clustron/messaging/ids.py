@@ -88,6 +88,21 @@ class MessageId:
 
         @raise ValueError: naming the input and what is wrong with it.
         """
+        if type(text) is str and cls is MessageId:
+            # The common case first: a well-formed id of a stream (node id
+            # and incarnation) seen valid before; what the checks below
+            # come to, but for its counter.
+            head, _, tail = text.rpartition(":")
+            stream = _VALID_STREAMS.get(head)
+            if stream is not None and _NUMBER.fullmatch(tail):
+                value = int(tail)
+                if value <= MAX_NUMBER:
+                    # _make(node_id, incarnation, counter), inline.
+                    made = object.__new__(MessageId)
+                    object.__setattr__(made, "node_id", stream[0])
+                    object.__setattr__(made, "incarnation", stream[1])
+                    object.__setattr__(made, "counter", value)
+                    return made
         if not isinstance(text, str):
             raise ValueError(f"a message id must be a str, not {type(text).__name__}")
         if len(text) > MAX_NODE_ID_LENGTH + 42:
@@ -103,9 +118,30 @@ class MessageId:
                     " without sign or leading zeros"
                 )
         try:
-            return cls(node_id, int(incarnation), int(counter))
+            msg_id = cls(node_id, int(incarnation), int(counter))
         except (TypeError, ValueError) as e:
             raise ValueError(f"message id {text!r}: {e}") from None
+        if len(_VALID_STREAMS) >= _VALID_STREAMS_KEPT:
+            _VALID_STREAMS.clear()
+        _VALID_STREAMS[f"{node_id}:{incarnation}"] = (node_id, msg_id.incarnation)
+        return msg_id
+
+
+#: The C{"node:incarnation"} heads of ids that passed validation, with their
+#: two values (a bounded memo for L{MessageId.parse}).
+_VALID_STREAMS: dict[str, tuple[str, int]] = {}
+_VALID_STREAMS_KEPT = 4096
+
+
+def _make(node_id: str, incarnation: int, counter: int) -> MessageId:
+    """
+    A L{MessageId} of values known valid, without running the validators.
+    """
+    msg_id = object.__new__(MessageId)
+    object.__setattr__(msg_id, "node_id", node_id)
+    object.__setattr__(msg_id, "incarnation", incarnation)
+    object.__setattr__(msg_id, "counter", counter)
+    return msg_id
 
 
 @implementer(IMessageIdSource)
@@ -126,6 +162,7 @@ class MessageIdSource:
         MessageId(node_id, incarnation, start)  # validates all three
         self.node_id = node_id
         self.incarnation = incarnation
+        self._prefix = f"{node_id}:{incarnation}:"
         self._next = start
 
     def next_id(self) -> MessageId:
@@ -139,9 +176,17 @@ class MessageIdSource:
         # The node id and incarnation were validated once, in __init__, and
         # the counter just now: skip the validators, which cost more than
         # the rest of creating an id (one id per message sent).
-        msg_id = object.__new__(MessageId)
-        object.__setattr__(msg_id, "node_id", self.node_id)
-        object.__setattr__(msg_id, "incarnation", self.incarnation)
-        object.__setattr__(msg_id, "counter", counter)
         self._next = counter + 1
-        return msg_id
+        return _make(self.node_id, self.incarnation, counter)
+
+    def next_text(self) -> str:
+        """
+        L{next_id} in string form, without making the L{MessageId}.
+
+        @raise ValueError: when the counter would pass 2**64-1.
+        """
+        counter = self._next
+        if counter > MAX_NUMBER:
+            raise ValueError(f"message id counter must be between 0 and 2**64-1, not {counter}")
+        self._next = counter + 1
+        return f"{self._prefix}{counter}"

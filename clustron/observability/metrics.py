@@ -9,16 +9,181 @@ metric name starts with ``clustron_``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+import math
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+
+class CountFamily(Collector):
+    """
+    A counter family whose values the code keeps as plain ints, read when
+    scraped: counting costs a dict update instead of a C{prometheus_client}
+    call (with its lock), which matters on the per-message paths.
+
+    The code adds to C{counts[key]} (any hashable key; L{add} does it, or
+    the caller updates the dict itself); at scrape time C{labels(key)}
+    gives each key's label values, and keys with the same labels add up.
+    An unlabelled family counts in L{value} instead.
+
+    @ivar counts: the count of each key.
+    @ivar value: the count of an unlabelled family.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        labels: Callable[[Hashable], Sequence[str]] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """
+        @param name: the metric name, without C{_total}.
+        @param labelnames: the label names (none for an unlabelled family).
+        @param labels: the label values of a key; by default the key itself
+            (a tuple of strings, or one string).
+        @param registry: where to register it, if anywhere.
+        """
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._labels = labels
+        self.counts: dict[Hashable, int] = {}
+        self.value = 0
+        if registry is not None:
+            registry.register(self)
+
+    def add(self, key: Hashable, amount: int = 1) -> None:
+        """
+        Count C{amount} more for C{key}.
+        """
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + amount
+
+    def get(self, *labels: str) -> float:
+        """
+        @return: the count of the given label values (all keys with them).
+        """
+        if not self.labelnames:
+            return self.value
+        return dict(self._totals()).get(tuple(labels), 0)
+
+    def _totals(self) -> Iterable[tuple[tuple[str, ...], int]]:
+        totals: dict[tuple[str, ...], int] = {}
+        for key, count in list(self.counts.items()):
+            if self._labels is not None:
+                values = tuple(self._labels(key))
+            else:
+                values = key if isinstance(key, tuple) else (str(key),)
+            totals[values] = totals.get(values, 0) + count
+        return sorted(totals.items())
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        The family with its current counts.
+        """
+        if not self.labelnames:
+            yield CounterMetricFamily(self.name, self.documentation, value=self.value)
+            return
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, count in self._totals():
+            family.add_metric(list(values), count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        """
+        The family without values (for the registry's name checks).
+        """
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames or None)
+
+
+class LightHistogram(Collector):
+    """
+    A histogram kept in plain numbers, exported at scrape time like
+    C{prometheus_client.Histogram}: L{observe} costs one bisection.
+
+    @ivar buckets: the upper bounds, ascending (C{+Inf} implied).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """
+        @raise ValueError: when the buckets are not finite and ascending.
+        """
+        bounds = [float(b) for b in buckets if not math.isinf(b)]
+        if not bounds or sorted(set(bounds)) != bounds:
+            raise ValueError(f"histogram {name}: buckets must ascend strictly, not {buckets!r}")
+        self.name = name
+        self.documentation = documentation
+        self.buckets = tuple(bounds)
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """
+        Count one observation of C{amount}.
+        """
+        self._counts[bisect.bisect_left(self.buckets, amount)] += 1
+        self._sum += amount
+
+    @property
+    def count(self) -> int:
+        """
+        How many observations were made.
+        """
+        return sum(self._counts)
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        The family with cumulative buckets, as Prometheus expects.
+        """
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*self.buckets, math.inf), self._counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self._sum
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """
+        The family without values (for the registry's name checks).
+        """
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
+def _frame_type_labels(frame_type: Hashable) -> tuple[str]:
+    from clustron.wire.framing import FRAME_TYPE_NAMES
+
+    return (FRAME_TYPE_NAMES.get(frame_type, "other"),)  # type: ignore[call-overload]
 
 
 class NodeMetrics:
     """
     The metrics one node exports.
+
+    The per-frame and per-message counts (C{frames_sent},
+    C{frames_received}, C{bytes_sent}, C{bytes_received},
+    C{messages_sent}, C{messages_received}, C{request_latency}) are
+    L{CountFamily} and L{LightHistogram} collectors kept in plain numbers;
+    the rest are C{prometheus_client} metrics.
 
     @ivar registry: the registry that holds them (served at C{GET /metrics}).
     """
@@ -45,14 +210,23 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
-        self.frames_sent = Counter(
-            "clustron_frames_sent", "Frames written, by type.", ["type"], registry=r
+        # Counted by frame type (an int); labelled by its name when scraped.
+        self.frames_sent = CountFamily(
+            "clustron_frames_sent",
+            "Frames written, by type.",
+            ["type"],
+            _frame_type_labels,
+            registry=r,
         )
-        self.frames_received = Counter(
-            "clustron_frames_received", "Frames received, by type.", ["type"], registry=r
+        self.frames_received = CountFamily(
+            "clustron_frames_received",
+            "Frames received, by type.",
+            ["type"],
+            _frame_type_labels,
+            registry=r,
         )
-        self.bytes_sent = Counter("clustron_bytes_sent", "Bytes written to peers.", registry=r)
-        self.bytes_received = Counter(
+        self.bytes_sent = CountFamily("clustron_bytes_sent", "Bytes written to peers.", registry=r)
+        self.bytes_received = CountFamily(
             "clustron_bytes_received", "Bytes received from peers.", registry=r
         )
         self.connections = Gauge(
@@ -105,22 +279,31 @@ class NodeMetrics:
             "Messages or actions refused because they carried an older epoch.",
             registry=r,
         )
-        # Messaging.
-        self.messages_sent = Counter(
+        # Messaging: counted by envelope kind, labelled when scraped (the
+        # messaging layer sets the labels function, see message_labels).
+        self.messages_sent = CountFamily(
             "clustron_messages_sent",
             "Messages sent to peers, by kind (message: application data; reply: a "
             "response to a request; control: ordering protocol traffic) and order "
             "(unicast, fifo, causal, total, none).",
             ["kind", "order"],
+            self._message_labels,
             registry=r,
         )
-        self.messages_received = Counter(
+        self.messages_received = CountFamily(
             "clustron_messages_received",
             "Application messages received from peers, by kind and order.",
             ["kind", "order"],
+            self._message_labels,
             registry=r,
         )
-        self.request_latency = Histogram(
+        #: Maps an envelope kind to its C{(kind, order)} labels; set by the
+        #: messaging layer.
+        self.message_labels: Callable[[Hashable], tuple[str, str]] = lambda kind: (
+            "control",
+            "none",
+        )
+        self.request_latency = LightHistogram(
             "clustron_request_latency_seconds",
             "Time from sending a request to its reply.",
             buckets=(
@@ -146,6 +329,9 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+
+    def _message_labels(self, kind: Hashable) -> tuple[str, str]:
+        return self.message_labels(kind)
 
 
 class _Sampled(Collector):

@@ -26,6 +26,7 @@ from the node's C{tracing:} configuration.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
@@ -60,7 +61,15 @@ def active() -> bool:
     """
     if tracer is not _DEFAULT_TRACER:
         return True
+    if getattr(trace, "_TRACER_PROVIDER", True) is None and not _ENV_PROVIDER:
+        # Nothing installed (what get_tracer_provider() finds out more
+        # slowly, reading the environment each time).
+        return False
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+#: Whether the environment names a tracer provider for the API to load.
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 #: The prefix given to the keyword attributes of L{span}.
 ATTRIBUTE_PREFIX = "clustron."

@@ -30,6 +30,7 @@ from clustron.observability.logs import NodeLogger
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire.framing import (
     FRAME_TYPE_NAMES,
+    MESSAGE,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Crc32,
@@ -110,7 +111,9 @@ class Mesh:
 
     Callbacks, set by the node: C{on_peer_up(hello)}, C{on_peer_down(hello,
     reason)}, C{on_frame(node_id, frame_type, body)}, C{on_unreachable(node_id,
-    address, reason)} (a dial to a known peer's address failed).
+    address, reason)} (a dial to a known peer's address failed). A frame
+    type with an entry in C{frame_handlers} goes to that handler (same
+    arguments) instead of C{on_frame}.
 
     @ivar peers: established connections by peer node id.
     """
@@ -158,6 +161,7 @@ class Mesh:
         self.on_peer_up: Callable[[Hello], None] = lambda hello: None
         self.on_peer_down: Callable[[Hello, str], None] = lambda hello, reason: None
         self.on_frame: Callable[[str, int, Any], None] = lambda node, kind, body: None
+        self.frame_handlers: dict[int, Callable[[str, int, Any], None]] = {}
         self.on_unreachable: Callable[[str, Address, str], None] = lambda n, a, r: None
         self.on_writable: Callable[[str], None] = lambda node_id: None
 
@@ -459,7 +463,11 @@ class Mesh:
         Pass an established peer's frame up.
         """
         assert protocol.peer is not None
-        self.on_frame(protocol.peer.node_id, frame_type, body)
+        handler = self.frame_handlers.get(frame_type)
+        if handler is not None:
+            handler(protocol.peer.node_id, frame_type, body)
+        else:
+            self.on_frame(protocol.peer.node_id, frame_type, body)
 
     def connection_closed(self, protocol: PeerProtocol, reason: str) -> None:
         """
@@ -543,6 +551,31 @@ class Mesh:
         if protocol is None or protocol.closed:
             raise UnknownMember(f"not connected to {node_id!r}")
         protocol.send(frame_type, body, priority)
+
+    def send_message(self, node_id: str, body: Any) -> None:
+        """
+        L{send} a MESSAGE frame (the messaging layer's one kind of frame).
+
+        @raise UnknownMember: when no connection to C{node_id} is established.
+        @raise QueueFull: when its bounded send queue is full.
+        """
+        protocol = self.peers.get(node_id)
+        if protocol is None or protocol.closed:
+            raise UnknownMember(f"not connected to {node_id!r}")
+        protocol.send(MESSAGE, body)
+
+    def send_payload(self, node_id: str, payload: bytes, serializer_id: int) -> None:
+        """
+        L{send_message} of a body serialized already (by the serializer of
+        wire id C{serializer_id}).
+
+        @raise UnknownMember: when no connection to C{node_id} is established.
+        @raise QueueFull: when its bounded send queue is full.
+        """
+        protocol = self.peers.get(node_id)
+        if protocol is None or protocol.closed:
+            raise UnknownMember(f"not connected to {node_id!r}")
+        protocol.send_payload(MESSAGE, payload, serializer_id)
 
     def try_send(self, node_id: str, frame_type: int, body: Any, priority: bool = False) -> bool:
         """

@@ -69,17 +69,6 @@ class Encoded:
         return f"Encoded({len(self.payload)} bytes, serializer {self.serializer_id})"
 
 
-def _by_frame_type(cache: dict[int, Any], family: Any, frame_type: int) -> Any:
-    """
-    The child of a metric family labelled with a frame type's name, looked
-    up once per connection and type (C{labels()} costs more than the count).
-    """
-    child = cache.get(frame_type)
-    if child is None:
-        child = cache[frame_type] = family.labels(FRAME_TYPE_NAMES.get(frame_type, "other"))
-    return child
-
-
 class PeerProtocolOwner(TypingProtocol):
     """
     What a L{PeerProtocol} reports to (the L{clustron.wire.mesh.Mesh}).
@@ -117,7 +106,10 @@ class PeerProtocolOwner(TypingProtocol):
 
     def frame_received(self, protocol: PeerProtocol, frame_type: int, body: Any) -> None:
         """
-        A decoded frame arrived on an established connection.
+        A decoded frame arrived on an established connection (unless the
+        owner has a C{frame_handlers} dict, C{{frame_type: handler}}, whose
+        handler for the frame's type the connection calls directly, as
+        C{handler(peer_node_id, frame_type, body)}, from the handshake on).
         """
 
     def connection_closed(self, protocol: PeerProtocol, reason: str) -> None:
@@ -172,6 +164,7 @@ class PeerProtocol(Protocol):
         self.local_hello: Hello = owner.local_hello
         self._handshake_integrity: IIntegrity = owner.integrity_for(owner.local_hello, None)
         self._integrity: IIntegrity = self._handshake_integrity
+        self._encode = framing.frame_encoder(self._integrity)
         self._decoder = FrameDecoder(
             owner.max_frame_bytes, self._integrity, handshake_integrity=self._handshake_integrity
         )
@@ -182,8 +175,16 @@ class PeerProtocol(Protocol):
         self._queue: collections.deque[bytes] = collections.deque()
         self._priority: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
-        self._frames_sent: dict[int, Any] = {}
-        self._frames_received: dict[int, Any] = {}
+        # Set once established: the owner's handlers by frame type (if it
+        # has them) and the peer's node id, to hand frames over directly.
+        self._handlers: dict[int, Any] | None = None
+        self._peer_id = ""
+        # Per-frame counts, kept as plain numbers (see NodeMetrics).
+        metrics = owner.metrics
+        self._frames_sent = metrics.frames_sent.counts
+        self._frames_received = metrics.frames_received.counts
+        self._bytes_sent = metrics.bytes_sent
+        self._bytes_received = metrics.bytes_received
 
     # -- Twisted callbacks ---------------------------------------------------
 
@@ -219,7 +220,7 @@ class PeerProtocol(Protocol):
         """
         if self.closed:
             return
-        self.owner.metrics.bytes_received.inc(len(data))
+        self._bytes_received.value += len(data)
         try:
             frames = self._decoder.feed(data)
         except FrameError as e:
@@ -311,22 +312,38 @@ class PeerProtocol(Protocol):
             queue has no room.
         @raise SerializationError: when the body cannot be encoded.
         """
+        if type(body) is Encoded:
+            self.send_payload(frame_type, body.payload, body.serializer_id, priority)
+        else:
+            self.send_payload(
+                frame_type, self.serializer.dumps(body), self.serializer.wire_id, priority
+            )
+
+    def send_payload(
+        self, frame_type: int, payload: bytes, serializer_id: int, priority: bool = False
+    ) -> None:
+        """
+        L{send} a body serialized already by the serializer of wire id
+        C{serializer_id} (what an L{Encoded} body carries).
+
+        @raise QueueFull: as L{send}.
+        @raise SerializationError: when the frame would be too large.
+        """
         if self.closed:
             raise QueueFull("connection is closed")
-        if type(body) is Encoded:
-            data = framing.encode_frame(
-                frame_type, body.payload, body.serializer_id, self._integrity
-            )
-        else:
-            payload = self.serializer.dumps(body)
-            data = framing.encode_frame(
-                frame_type, payload, self.serializer.wire_id, self._integrity
-            )
+        data = self._encode(frame_type, payload, serializer_id)
         if len(data) - 4 > self.owner.max_frame_bytes:
             raise SerializationError(
                 f"frame of {len(data) - 4} bytes exceeds "
                 f"max_frame_bytes={self.owner.max_frame_bytes}"
             )
+        if not self._paused and not self._queue and not self._priority:
+            # The common case, as in _write_raw.
+            counts = self._frames_sent
+            counts[frame_type] = counts.get(frame_type, 0) + 1
+            self._bytes_sent.value += len(data)
+            self.transport.write(data)  # type: ignore[union-attr]
+            return
         self.send_encoded(frame_type, data, priority)
 
     def send_encoded(self, frame_type: int, data: bytes, priority: bool = False) -> None:
@@ -348,7 +365,8 @@ class PeerProtocol(Protocol):
         (self._priority if priority else self._queue).append(data)
         self._queued_bytes += len(data)
         self.owner.metrics.send_queue_frames.inc()
-        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
+        counts = self._frames_sent
+        counts[frame_type] = counts.get(frame_type, 0) + 1
         if not self._paused:
             self._flush()
 
@@ -379,7 +397,7 @@ class PeerProtocol(Protocol):
             data = (self._priority or self._queue).popleft()
             self._queued_bytes -= len(data)
             self.owner.metrics.send_queue_frames.dec()
-            self.owner.metrics.bytes_sent.inc(len(data))
+            self._bytes_sent.value += len(data)
             self.transport.write(data)
 
     def _discard_queue(self) -> None:
@@ -397,13 +415,34 @@ class PeerProtocol(Protocol):
         self.transport.loseConnection()
 
     def _write_raw(self, data: bytes, frame_type: int) -> None:
-        _by_frame_type(self._frames_sent, self.owner.metrics.frames_sent, frame_type).inc()
-        self.owner.metrics.bytes_sent.inc(len(data))
+        counts = self._frames_sent
+        counts[frame_type] = counts.get(frame_type, 0) + 1
+        self._bytes_sent.value += len(data)
         self.transport.write(data)
 
     def _frame(self, frame: Frame) -> None:
         frame_type = frame.frame_type
-        _by_frame_type(self._frames_received, self.owner.metrics.frames_received, frame_type).inc()
+        counts = self._frames_received
+        counts[frame_type] = counts.get(frame_type, 0) + 1
+        if self.established and frame_type >= framing.CONTROL and frame_type != framing.PROOF:
+            # The common case (CONTROL, HEARTBEAT, MESSAGE and unknown types
+            # on an established connection), as below.
+            serializer = self.serializer
+            if frame.serializer_id == serializer.wire_id:
+                try:
+                    body = serializer.loads(frame.payload)
+                except SerializationError as e:
+                    raise ProtocolViolation("undecodable", str(e)) from None
+            else:
+                body = self._decode(frame)
+            handlers = self._handlers
+            if handlers is not None:
+                handler = handlers.get(frame_type)
+                if handler is not None:
+                    handler(self._peer_id, frame_type, body)
+                    return
+            self.owner.frame_received(self, frame_type, body)
+            return
         if frame_type == framing.REJECT:
             reject = Reject.from_dict(_handshake_loads(frame.payload, lenient=True))
             self.rejection = reject
@@ -473,6 +512,7 @@ class PeerProtocol(Protocol):
         self.peer = hello
         integrity = self.owner.integrity_for(self.local_hello, hello)
         self._integrity = integrity
+        self._encode = framing.frame_encoder(integrity)
         self._decoder.set_integrity(integrity)
         if integrity.flag == framing.FLAG_HMAC:
             # Signed clusters: the peer must prove it holds a key before it
@@ -506,6 +546,9 @@ class PeerProtocol(Protocol):
         self._cancel_timeout()
         if self.owner.handshake_complete(self):
             self.established = True
+            assert self.peer is not None
+            self._peer_id = self.peer.node_id
+            self._handlers = getattr(self.owner, "frame_handlers", None)
         else:
             self.close(DUPLICATE_CONNECTION)
 
