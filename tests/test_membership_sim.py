@@ -397,3 +397,45 @@ class AdminOperationTests(SynchronousTestCase):
         self.assertTrue(cluster.run_until(lambda: bool(done), 4.0))
         self.assertTrue(cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n4", 3.0))
         checker.assert_ok()
+
+
+class RestartedCoordinatorTests(SynchronousTestCase):
+    """
+    Three-node clusters, where one crash or partition leaves a view of two
+    and a second fault leaves a view no election can fix: a coordinator
+    that restarted (its earlier life's view has nobody to act in it), or a
+    view of an older epoch than its members have seen. Every node still
+    ends in one view with an acting coordinator, without reusing an epoch.
+    """
+
+    def formed(self) -> tuple[SimCluster, MembershipChecker]:
+        cluster, checker = make(3)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        self.assertEqual(cluster.coordinator_seen_by("n1"), "n3")
+        return cluster, checker
+
+    def epochs(self, cluster: SimCluster) -> set[int]:
+        return {n.view.epoch for n in cluster.live() if n.view is not None}
+
+    def test_member_of_newer_epoch_joins_older_view(self) -> None:
+        """
+        n3 is cut off; n1 and n2 elect n2 in epoch 2; n2 crashes and the
+        cut heals. n3 acts again in epoch 1 (n1 is still listed in its
+        view), and n1, whose epoch-2 view has lost its quorum for good, asks
+        to join it: n3 takes n1 in with a view of a new epoch, since n1
+        refuses views of epoch 1 (it used to answer with its epoch-1 view,
+        refused forever).
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2"]), 5.0))
+        self.assertEqual(self.epochs(cluster) - {1}, {2})
+        cluster.crash("n2")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertGreater(view.epoch, 2)
+        checker.assert_ok()

@@ -182,6 +182,10 @@ class Membership:
         self._max_epoch = 0
         self._epoch_raised_at = 0.0
         self._max_view_epoch = 0
+        # Joiners that have seen an epoch above the view's, with that epoch:
+        # the view that takes them in opens an epoch above, or they would
+        # refuse it.
+        self._pending_seen: dict[str, int] = {}
         self._votes: dict[int, str] = {}
         self.peers: dict[str, PeerInfo] = {}
         self._candidacy: _Candidacy | None = None
@@ -549,18 +553,21 @@ class Membership:
             best = max(in_views, key=lambda p: (p.acting, p.view_id or (0, 0)))
             coordinator = best.coordinator
             assert coordinator is not None
+            if (
+                best.view_id is not None
+                and best.view_id[0] < self.max_epoch
+                and now - self._epoch_raised_at < self.config.failure_detector.suspect_after
+            ):
+                # This node just saw a newer epoch than any view it sees now
+                # (it was dropped from it, or voted in it): its coordinator's
+                # heartbeats are due. Joining an older view would make that
+                # view's coordinator open an epoch above it, taking members
+                # from a coordinator just elected.
+                return
             if now - self._last_join_sent >= self.config.membership.join_timeout / 2:
                 if coordinator in connected:
                     self._last_join_sent = now
-                    self._send_control(
-                        coordinator,
-                        {
-                            "k": "join",
-                            "incarnation": self.incarnation,
-                            "address": self.address,
-                            "priority": self.priority,
-                        },
-                    )
+                    self._send_control(coordinator, self._join_body())
                 elif best.coordinator_address:
                     self._want_address(best.coordinator_address)
             return
@@ -602,6 +609,16 @@ class Membership:
             bootstrap=True,
             reason="bootstrap" if position == 0 else "bootstrap (higher ranks silent)",
         )
+
+    def _join_body(self) -> dict[str, Any]:
+        # The epoch tells the coordinator the lowest view this node accepts.
+        return {
+            "k": "join",
+            "incarnation": self.incarnation,
+            "address": self.address,
+            "priority": self.priority,
+            "epoch": self.max_epoch,
+        }
 
     # -- member: watch the coordinator -------------------------------------------------
 
@@ -913,6 +930,27 @@ class Membership:
         if drain is not None and own.draining != drain[0]:
             changed[self.node_id] = attrs.evolve(own, draining=drain[0], reason=drain[1])
             dirty = True
+        epoch, seq = view.epoch, view.seq + 1
+        above = {
+            node_id: seen
+            for node_id, seen in self._pending_seen.items()
+            if seen > view.epoch and node_id in self._pending_joins
+        }
+        self._pending_seen.clear()
+        if above and self._outranked():
+            # This coordinator is about to merge into a view that outranks
+            # its own (and the joiners should join there): opening an epoch
+            # now could race that view's coordinator to the same epoch.
+            for node_id in sorted(above):
+                del self._pending_joins[node_id]
+                self._send_control(
+                    node_id, {"k": "join_refused", "reason": "merging into a newer view"}
+                )
+        elif above:
+            seen = max(above.values())
+            epoch, seq = max(self.max_epoch, seen) + 1, 0
+            reasons.append(f"opened epoch {epoch} for joiners that saw epoch {seen}")
+            dirty = True
         for node_id, joiner in sorted(self._pending_joins.items()):
             current = changed.get(node_id)
             if current is None or not current.active:
@@ -934,11 +972,9 @@ class Membership:
         self._pending_drains.clear()
         self._pending_alive.clear()
         if dirty:
+            self.max_epoch = max(self.max_epoch, epoch)
             new = View(
-                view.epoch,
-                view.seq + 1,
-                self.node_id,
-                tuple(sorted(changed.values(), key=lambda m: m.node_id)),
+                epoch, seq, self.node_id, tuple(sorted(changed.values(), key=lambda m: m.node_id))
             )
             self._install(new, present=present, why="; ".join(reasons) or "member states changed")
             if changed[self.node_id].draining:
@@ -1047,16 +1083,46 @@ class Membership:
         priority = self.priority if coordinator == self.node_id else (info.priority if info else 0)
         return (acting, view_id or (0, 0), priority, coordinator or "")
 
+    def _outranked(self) -> bool:
+        """
+        Whether a connected peer is in a view, of another coordinator, with
+        higher precedence than this coordinator's (see L{_check_merge}).
+        """
+        view = self.view
+        assert view is not None
+        connected = self._connected()
+        mine = self._precedence(self.acting, view.id, view.coordinator)
+        return any(
+            info.node_id in connected
+            and info.in_view
+            and info.coordinator not in (None, view.coordinator)
+            and self._precedence(info.acting, info.view_id, info.coordinator) > mine
+            for info in self.peers.values()
+        )
+
     def _check_merge(self, now: float) -> None:
         view = self.view
         if view is None or now - self._last_merge_sent < self.config.membership.merge_interval:
             return
         connected = self._connected()
+        coordinator_info = None if self.is_coordinator else self.peers.get(view.coordinator)
         own_acting = (
             self.acting
             if self.is_coordinator
-            else bool((info := self.peers.get(view.coordinator)) and info.acting)
+            else bool(coordinator_info and coordinator_info.acting)
         )
+        if (
+            not self.is_coordinator
+            and not (
+                coordinator_info is not None
+                and coordinator_info.heartbeat_at > self._view_accepted_at
+            )
+            and now - self._view_accepted_at < self.config.failure_detector.suspect_after
+        ):
+            # The coordinator has not said yet whether it acts (a new one
+            # heartbeats "acting" within a tick): joining another view now
+            # would take this member from a coordinator just elected.
+            return
         mine = self._precedence(own_acting, view.id, view.coordinator)
         for info in sorted(self.peers.values(), key=lambda p: p.node_id):
             if info.node_id not in connected or not info.in_view or info.coordinator is None:
@@ -1085,15 +1151,7 @@ class Membership:
                 )
                 self._send_control(target, {"k": "merge", "view": view.to_dict()})
             elif not own_acting:
-                self._send_control(
-                    target,
-                    {
-                        "k": "join",
-                        "incarnation": self.incarnation,
-                        "address": self.address,
-                        "priority": self.priority,
-                    },
-                )
+                self._send_control(target, self._join_body())
             return
 
     # -- receiving views -----------------------------------------------------------------
@@ -1264,6 +1322,9 @@ class Membership:
         incarnation = body.get("incarnation")
         address = body.get("address")
         priority = body.get("priority", 0)
+        seen = body.get("epoch", 0)
+        if not _is_incarnation(seen):
+            raise ProtocolViolation("malformed", "bad join: epoch is not a non-negative integer")
         try:
             # The joiner's fields go into views: hold them to the same rules
             # as a view's members, or every member would refuse the view.
@@ -1285,6 +1346,14 @@ class Membership:
             self._send_control(sender, {"k": "join_refused", "reason": "coordinator has no quorum"})
             return
         assert self.view is not None
+        if seen > self.view.epoch:
+            # The joiner has seen a newer epoch (a view of a coordinator that
+            # has since failed or restarted) and refuses views of this one:
+            # the view that takes it in opens an epoch above (_coordinate).
+            self._pending_seen[sender] = seen
+            self._pending_joins[sender] = joiner
+            self._soon()
+            return
         current = self.view.member(sender)
         if current is not None and current.active and current.incarnation == incarnation:
             self._send_control(sender, {"k": "view", "view": self.view.to_dict()})
