@@ -119,6 +119,8 @@ KEYS = st.sampled_from(
         "a",
         "j",
         "i",
+        "l",
+        "ci",
         "t",
         "e",
         "h",

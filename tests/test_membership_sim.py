@@ -439,3 +439,61 @@ class RestartedCoordinatorTests(SynchronousTestCase):
         self.assertEqual(view.coordinator, "n3")
         self.assertGreater(view.epoch, 2)
         checker.assert_ok()
+
+    def test_orphaned_members_form_a_cluster_with_restarted_coordinator(self) -> None:
+        """
+        n1 is cut off and n3 drops it; n3 restarts and the cut heals. n1
+        (still in the first view) and n2 (in a view of n2 and n3) both have
+        a coordinator whose life ended, and neither can win an election in
+        its view (n2 does not vote for n1, which its view lists dead, and n3
+        votes in no earlier life's view); the restarted n3 is alone outside
+        any view. After two join timeouts without an election, n1 and n2
+        leave their views, and the three form a cluster.
+        """
+        cluster, checker = self.formed()
+        events: list[dict[str, Any]] = []
+        for node in cluster.live():
+            node.subscribe(events.append)
+        cluster.isolate("n1")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n2", "n3"]), 5.0))
+        cluster.crash("n3")
+        cluster.restart("n3")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=15.0))
+        left = {e["observer"]: e["reason"] for e in events if e["type"] == "left_cluster"}
+        self.assertEqual(sorted(left), ["n1", "n2"])
+        for reason in left.values():
+            self.assertIn("restarted", reason)
+            self.assertIn("no election replaced it", reason)
+        view = cluster.nodes["n2"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertGreater(view.epoch, 1)
+        checker.assert_ok()
+
+    def test_member_follows_restarted_coordinator_into_its_new_view(self) -> None:
+        """
+        n1 is cut off and n3 drops it; then n2 is cut off instead, and n3
+        restarts: the restarted n3 and n1 form a cluster. When the cut heals,
+        n2 sees n3 coordinating a view, and n2's own view is coordinated by
+        n3 too, but by its earlier life: n2 does not take the new life's
+        view for its own coordinator acting; it joins it.
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n1")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n2", "n3"]), 5.0))
+        cluster.heal()
+        cluster.partition(["n1", "n3"], ["n2"])
+        cluster.crash("n3")
+        cluster.restart("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n3"]), 10.0))
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        view = cluster.nodes["n2"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertEqual(
+            view.member("n3").incarnation,  # type: ignore[union-attr]
+            cluster.nodes["n3"].membership.incarnation,
+        )
+        checker.assert_ok()

@@ -92,7 +92,13 @@ class PeerInfo:
     incarnation: int
     view_id: ViewId | None = None
     coordinator: str | None = None
+    #: The incarnation the peer's process started with (its heartbeats say
+    #: it), or None until heard: view entries of the peer below it are of
+    #: an earlier life, which ended.
+    life: int | None = None
     coordinator_address: str | None = None
+    #: The incarnation the peer's view lists its coordinator with.
+    coordinator_incarnation: int | None = None
     acting: bool = False
     in_view: bool = False
     heard_at: float = 0.0
@@ -186,7 +192,9 @@ class Membership:
         # the view that takes them in opens an epoch above, or they would
         # refuse it.
         self._pending_seen: dict[str, int] = {}
-        self._votes: dict[int, str] = {}
+        # Per epoch, the candidate this node voted for and that candidate's
+        # life (a restarted candidate is not the one that got the vote).
+        self._votes: dict[int, tuple[str, int | None]] = {}
         self.peers: dict[str, PeerInfo] = {}
         self._candidacy: _Candidacy | None = None
         self._no_candidacy_before = 0.0
@@ -547,7 +555,9 @@ class Membership:
             return
         connected = self._connected()
         in_views = [
-            p for p in self.peers.values() if p.node_id in connected and p.in_view and p.coordinator
+            p
+            for p in self.peers.values()
+            if p.node_id in connected and p.in_view and p.coordinator and not self._orphaned_peer(p)
         ]
         if in_views:
             best = max(in_views, key=lambda p: (p.acting, p.view_id or (0, 0)))
@@ -571,7 +581,10 @@ class Membership:
                 elif best.coordinator_address:
                     self._want_address(best.coordinator_address)
             return
-        # Nobody we can see is in a view: form a new cluster, carefully.
+        # Nobody we can see is in a view with a coordinator to join: form a
+        # new cluster, carefully. (Members of a view whose coordinator's life
+        # ended count once they leave it, see _orphaned: until then their
+        # view may still elect.)
         waiting = [
             p
             for p in self.peers.values()
@@ -610,6 +623,18 @@ class Membership:
             reason="bootstrap" if position == 0 else "bootstrap (higher ranks silent)",
         )
 
+    def _orphaned_peer(self, peer: PeerInfo) -> bool:
+        """
+        Whether a peer's view (as its heartbeats describe it) is coordinated
+        by a life that ended: this node's earlier life, or an earlier life of
+        a peer that says it started later. Nobody acts in such a view, and
+        a join sent to its coordinator's node would go unanswered forever.
+        """
+        listed = peer.coordinator_incarnation
+        if peer.coordinator is None or listed is None:
+            return False
+        return (self._life_of(peer.coordinator) or 0) > listed
+
     def _join_body(self) -> dict[str, Any]:
         # The epoch tells the coordinator the lowest view this node accepts.
         return {
@@ -620,6 +645,39 @@ class Membership:
             "epoch": self.max_epoch,
         }
 
+    def _orphaned(self, now: float) -> bool:
+        """
+        Whether this node is a member of a view whose coordinator's life
+        ended, and neither an election nor a merge replaced it for two join
+        timeouts. Nobody will ever act in that view again (a new life never
+        takes an earlier life's place), and it may lack the quorum to elect
+        for good (its quorum counts lives that ended, which never vote): the
+        node leaves it and joins, or helps form, another cluster, as a node
+        outside any view does. Until then the view gets the time to elect,
+        which keeps its members' states and reasons.
+        """
+        view = self.view
+        return (
+            view is not None
+            and self.joined
+            and view.coordinator != self.node_id
+            and self._life_ended(view.member(view.coordinator))
+            and self._coordinator_failed_since is not None
+            and now - self._coordinator_failed_since >= 2 * self.config.membership.join_timeout
+        )
+
+    def _life_ended(self, member: Member | None) -> bool:
+        """
+        Whether a view's entry is a life of its node that has ended: the
+        node's heartbeats say its process started with a higher incarnation
+        than the entry's (refutations raise an incarnation within one life,
+        and only a new process starts above all of them).
+        """
+        if member is None or member.node_id == self.node_id:
+            return False
+        info = self.peers.get(member.node_id)
+        return info is not None and info.life is not None and info.life > member.incarnation
+
     # -- member: watch the coordinator -------------------------------------------------
 
     def _coordinator_failure(self, now: float) -> str | None:
@@ -629,6 +687,14 @@ class Membership:
             return f"coordinator {coordinator} stepped down"
         if coordinator == self.node_id:
             return None
+        entry = self.view.member(coordinator)
+        if self._life_ended(entry):
+            assert entry is not None
+            info = self.peers[coordinator]
+            return (
+                f"coordinator {coordinator} restarted (incarnation {entry.incarnation} "
+                f"-> {info.life}): the life that held epoch {self.view.epoch} ended"
+            )
         if (
             self.max_epoch > self.view.epoch
             and now - self._view_accepted_at > 2 * self.config.membership.join_timeout
@@ -663,6 +729,9 @@ class Membership:
         if self._coordinator_failed_since is None:
             self._coordinator_failed_since = now
             self.log.info("coordinator failed: {why}", why=failure)
+        if self._orphaned(now):
+            self._abandon(now, failure)
+            return
         if self._candidacy is not None or now < self._no_candidacy_before:
             return
         prefer = self._abdication[1] if self._abdication else None
@@ -670,7 +739,10 @@ class Membership:
             m
             for m in self.view.active_members()
             if not m.draining
-            and (m.node_id == self.node_id or self.detector.state(m.node_id) == fd.ALIVE)
+            and (
+                m.node_id == self.node_id
+                or (self.detector.state(m.node_id) == fd.ALIVE and not self._life_ended(m))
+            )
             and (m.node_id != self.view.coordinator or (self._abdicated() and prefer is None))
         ]
         if not any(m.node_id == self.node_id for m in eligible):
@@ -1105,14 +1177,18 @@ class Membership:
         if view is None or now - self._last_merge_sent < self.config.membership.merge_interval:
             return
         connected = self._connected()
+        # A coordinator whose life ended acts for nobody in this view, even
+        # if its new life coordinates another one.
+        ended = self._life_ended(view.member(view.coordinator))
         coordinator_info = None if self.is_coordinator else self.peers.get(view.coordinator)
         own_acting = (
             self.acting
             if self.is_coordinator
-            else bool(coordinator_info and coordinator_info.acting)
+            else bool(coordinator_info and coordinator_info.acting and not ended)
         )
         if (
             not self.is_coordinator
+            and not ended
             and not (
                 coordinator_info is not None
                 and coordinator_info.heartbeat_at > self._view_accepted_at
@@ -1129,6 +1205,7 @@ class Membership:
                 continue
             if (
                 info.coordinator == view.coordinator
+                and not ended
                 or view.is_active_member(info.node_id)
                 and info.view_id == view.id
             ):
@@ -1237,6 +1314,34 @@ class Membership:
         for d in waiters:
             d.callback(view)
 
+    def _abandon(self, now: float, why: str) -> None:
+        """
+        Leave a view nobody will act in again (see L{_orphaned}), keeping
+        the fence of its epoch, to join or form another cluster.
+        """
+        view = self.view
+        assert view is not None
+        reason = f"{why}, and no election replaced it"
+        self.log.warn(
+            "leaving view {view} ({reason}); looking for a cluster to join",
+            view=list(view.id),
+            reason=reason,
+        )
+        self.view = None
+        self._acting = False
+        self._candidacy = None
+        self._coordinator_failed_since = None
+        self.detector.watch([], now)
+        self._emit(
+            {
+                "type": "left_cluster",
+                "node_id": self.node_id,
+                "reason": reason,
+                "view": list(view.id),
+            }
+        )
+        self._notify_change()
+
     def _left_view(self, view: View, me: Member | None) -> None:
         old = self.view
         reason = me.reason if me is not None else "no longer listed"
@@ -1291,6 +1396,8 @@ class Membership:
         info.coordinator = coordinator if isinstance(coordinator, str) else None
         ca = body.get("ca")
         info.coordinator_address = ca if isinstance(ca, str) else None
+        ci = body.get("ci")
+        info.coordinator_incarnation = ci if _is_incarnation(ci) else None
         info.acting = body.get("a") is True
         if info.acting or info.coordinator != sender:
             info.not_acting_since = None
@@ -1300,6 +1407,9 @@ class Membership:
         incarnation = body.get("i")
         if _is_incarnation(incarnation) and incarnation > info.incarnation:
             info.incarnation = incarnation
+        life = body.get("l")
+        if _is_incarnation(life) and (info.life is None or life > info.life):
+            info.life = life
         now = info.heard_at = info.heartbeat_at = self.clock.seconds()
         # Times come from the peer: only finite numbers of a sane size (a
         # huge int does not convert to a float; NaN cannot be echoed in JSON).
@@ -1425,8 +1535,8 @@ class Membership:
         if epoch < self.max_epoch:
             return f"stale epoch {epoch} (seen {self.max_epoch})"
         voted = self._votes.get(epoch)
-        if voted is not None and voted != candidate:
-            return f"voted for {voted} in epoch {epoch}"
+        if voted is not None and voted != (candidate, self._life_of(candidate)):
+            return f"voted for {voted[0]} (incarnation {voted[1]}) in epoch {epoch}"
         if epoch == self.max_epoch and voted is None:
             return f"epoch {epoch} already in use"
         if bootstrap:
@@ -1459,6 +1569,7 @@ class Membership:
                     and info is not None
                     and info.acting
                     and now - info.heard_at < self.config.failure_detector.suspect_after
+                    and not self._life_ended(view.member(coordinator))
                 ):
                     return f"coordinator {coordinator} is alive and acting"
             if body.get("fallback") is not True:
@@ -1472,6 +1583,7 @@ class Membership:
                         and (
                             member.node_id == self.node_id
                             or self.detector.state(member.node_id) == fd.ALIVE
+                            and not self._life_ended(member)
                         )
                     ):
                         return f"higher-ranked {member.node_id} is alive"
@@ -1846,17 +1958,21 @@ class Membership:
 
     def _heartbeat_body(self) -> dict[str, Any]:
         view = self.view if self.joined else None
-        coordinator_address = None
+        coordinator_address = coordinator_incarnation = None
         if view is not None:
             coordinator = view.member(view.coordinator)
-            coordinator_address = coordinator.address if coordinator else None
+            if coordinator is not None:
+                coordinator_address = coordinator.address
+                coordinator_incarnation = coordinator.incarnation
         return {
             "v": list(view.id) if view else None,
             "c": view.coordinator if view else None,
             "ca": coordinator_address,
+            "ci": coordinator_incarnation,
             "a": self.acting,
             "j": view is not None,
             "i": self.incarnation,
+            "l": self._life_incarnation,
         }
 
     def _send_heartbeats(self) -> None:
@@ -1924,8 +2040,17 @@ class Membership:
             return False
         return self._send(node_id, CONTROL, body, False)
 
+    def _life_of(self, node_id: str) -> int | None:
+        """
+        The incarnation C{node_id}'s process started with, if known.
+        """
+        if node_id == self.node_id:
+            return self._life_incarnation
+        info = self.peers.get(node_id)
+        return info.life if info is not None else None
+
     def _remember_vote(self, epoch: int, candidate: str) -> None:
-        self._votes[epoch] = candidate
+        self._votes[epoch] = (candidate, self._life_of(candidate))
         for old in sorted(self._votes)[:-_VOTE_MEMORY]:
             del self._votes[old]
 
