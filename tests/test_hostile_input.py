@@ -121,6 +121,7 @@ KEYS = st.sampled_from(
         "i",
         "l",
         "ci",
+        "seen",
         "t",
         "e",
         "h",

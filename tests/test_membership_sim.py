@@ -440,6 +440,54 @@ class RestartedCoordinatorTests(SynchronousTestCase):
         self.assertGreater(view.epoch, 2)
         checker.assert_ok()
 
+    def test_restarted_coordinator_and_member_form_a_new_epoch(self) -> None:
+        """
+        n1 stays alone in the first view when n2 and n3 (its coordinator)
+        crash together; they restart (n2 as a new identity). The restarted
+        nodes see n1 in a view whose coordinator is an earlier life of n3
+        (n1's heartbeats say which incarnation its view lists): they form a
+        cluster at once rather than ask that life to let them join, in an
+        epoch above n1's (not in epoch 1 again), and n1, whose coordinator's
+        life ended, joins them.
+        """
+        cluster, checker = self.formed()
+        cluster.crash("n2")
+        cluster.crash("n3")
+        cluster.run(1.0)
+        cluster.restart("n3")
+        cluster.restart("n2", wipe=True)
+        start = cluster.clock.seconds()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        # Well within a join timeout: nobody waited for n1 to give up.
+        self.assertLess(cluster.clock.seconds() - start, 2.0)
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertEqual(set(view.active_ids()), {"n1", "n2w1", "n3"})
+        self.assertGreater(view.epoch, 1)
+        checker.assert_ok()
+
+    def test_restarted_nodes_do_not_reuse_an_epoch(self) -> None:
+        """
+        n3 is cut off, crashes and restarts; n1 and n2 elected n2 in epoch
+        2; then n2 restarts too and the cut heals. The two restarted nodes,
+        knowing no epoch, meet before n3 meets n1: n2, which heard from n1
+        that epoch 2 exists, refuses to bootstrap epoch 1 again (a second
+        view 1.0 with other members), and the cluster forms above epoch 2.
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2"]), 5.0))
+        cluster.crash("n3")
+        cluster.restart("n3")
+        cluster.run(1.0)
+        cluster.crash("n2")
+        cluster.restart("n2")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        self.assertGreater(min(self.epochs(cluster)), 2)
+        checker.assert_ok()
+
     def test_orphaned_members_form_a_cluster_with_restarted_coordinator(self) -> None:
         """
         n1 is cut off and n3 drops it; n3 restarts and the cut heals. n1

@@ -188,6 +188,11 @@ class Membership:
         self._max_epoch = 0
         self._epoch_raised_at = 0.0
         self._max_view_epoch = 0
+        # The highest epoch other nodes were heard to be in or to have seen
+        # (heartbeats, vote denials): candidacies stand above it, so that a
+        # node that knows little (a restarted one) does not stand for an
+        # epoch that is already taken, in vain or worse.
+        self._epoch_hint = 0
         # Joiners that have seen an epoch above the view's, with that epoch:
         # the view that takes them in opens an epoch above, or they would
         # refuse it.
@@ -678,6 +683,13 @@ class Membership:
         info = self.peers.get(member.node_id)
         return info is not None and info.life is not None and info.life > member.incarnation
 
+    def _next_epoch(self) -> int:
+        """
+        The epoch to stand for: above every epoch this node has seen or
+        voted in, and every epoch it heard of from others.
+        """
+        return max(self.max_epoch, self._epoch_hint) + 1
+
     # -- member: watch the coordinator -------------------------------------------------
 
     def _coordinator_failure(self, now: float) -> str | None:
@@ -773,7 +785,7 @@ class Membership:
         so a node cut off from the cluster cannot disrupt it when it returns.
         """
         candidacy = _Candidacy(
-            self.max_epoch + 1, voters, {self.node_id}, required, now, bootstrap, reason
+            self._next_epoch(), voters, {self.node_id}, required, now, bootstrap, reason
         )
         candidacy.pre = not bootstrap
         self._candidacy = candidacy
@@ -785,7 +797,7 @@ class Membership:
 
     def _campaign(self, candidacy: _Candidacy, now: float) -> None:
         candidacy.pre = False
-        candidacy.epoch = self.max_epoch + 1
+        candidacy.epoch = self._next_epoch()
         candidacy.granted = {self.node_id}
         candidacy.answered = set()
         candidacy.started_at = now
@@ -1020,7 +1032,7 @@ class Membership:
                 )
         elif above:
             seen = max(above.values())
-            epoch, seq = max(self.max_epoch, seen) + 1, 0
+            epoch, seq = max(self.max_epoch, seen, self._epoch_hint) + 1, 0
             reasons.append(f"opened epoch {epoch} for joiners that saw epoch {seen}")
             dirty = True
         for node_id, joiner in sorted(self._pending_joins.items()):
@@ -1404,6 +1416,8 @@ class Membership:
         elif info.not_acting_since is None:
             info.not_acting_since = self.clock.seconds()
         info.in_view = body.get("j") is True and info.view_id is not None
+        if info.view_id is not None:
+            self._epoch_hint = max(self._epoch_hint, info.view_id[0])
         incarnation = body.get("i")
         if _is_incarnation(incarnation) and incarnation > info.incarnation:
             info.incarnation = incarnation
@@ -1508,7 +1522,14 @@ class Membership:
             if deny.startswith("stale"):
                 self.metrics.stale_epoch_refused.inc()
             self._send_control(
-                sender, {"k": "vote", "epoch": epoch, "granted": False, "reason": deny}
+                sender,
+                {
+                    "k": "vote",
+                    "epoch": epoch,
+                    "granted": False,
+                    "reason": deny,
+                    "seen": max(self.max_epoch, self._epoch_hint),
+                },
             )
 
     def _on_prevote_req(self, sender: str, body: dict[str, Any]) -> None:
@@ -1519,6 +1540,7 @@ class Membership:
         reply: dict[str, Any] = {"k": "prevote", "epoch": epoch, "granted": deny is None}
         if deny is not None:
             reply["reason"] = deny
+            reply["seen"] = max(self.max_epoch, self._epoch_hint)
         self._send_control(sender, reply)
 
     def _on_prevote(self, sender: str, body: dict[str, Any]) -> None:
@@ -1528,6 +1550,18 @@ class Membership:
         if sender in candidacy.voters and body.get("granted") is True:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
+        else:
+            self._heard_epoch(body)
+
+    def _heard_epoch(self, body: dict[str, Any]) -> None:
+        """
+        A voter that denied a vote said which epoch it has seen: the next
+        candidacy stands above it (a candidate that stood again for an
+        epoch its voters have moved past would be denied forever).
+        """
+        seen = body.get("seen")
+        if _is_incarnation(seen):
+            self._epoch_hint = max(self._epoch_hint, seen)
 
     def _vote_denial(
         self, candidate: str, epoch: int, body: dict[str, Any], bootstrap: bool
@@ -1543,6 +1577,10 @@ class Membership:
             if self.joined:
                 assert self.view is not None
                 return f"already a member of view {self.view.epoch}.{self.view.seq}"
+            if epoch <= self._epoch_hint:
+                # Nodes that know nothing (restarted ones) would otherwise
+                # form a cluster in an epoch a peer's view already holds.
+                return f"epoch {epoch} is taken (a peer is in epoch {self._epoch_hint})"
             return None
         if not self.joined:
             return "not a member"
@@ -1604,6 +1642,7 @@ class Membership:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
         else:
+            self._heard_epoch(body)
             reason = body.get("reason")
             self.log.debug(
                 "vote denied by {sender}: {reason}", sender=sender, reason=str(reason)[:200]
