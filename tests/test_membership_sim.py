@@ -397,3 +397,151 @@ class AdminOperationTests(SynchronousTestCase):
         self.assertTrue(cluster.run_until(lambda: bool(done), 4.0))
         self.assertTrue(cluster.run_until(lambda: cluster.coordinator_seen_by("n1") == "n4", 3.0))
         checker.assert_ok()
+
+
+class RestartedCoordinatorTests(SynchronousTestCase):
+    """
+    Three-node clusters, where one crash or partition leaves a view of two
+    and a second fault leaves a view no election can fix: a coordinator
+    that restarted (its earlier life's view has nobody to act in it), or a
+    view of an older epoch than its members have seen. Every node still
+    ends in one view with an acting coordinator, without reusing an epoch.
+    """
+
+    def formed(self) -> tuple[SimCluster, MembershipChecker]:
+        cluster, checker = make(3)
+        cluster.start()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=3.0))
+        self.assertEqual(cluster.coordinator_seen_by("n1"), "n3")
+        return cluster, checker
+
+    def epochs(self, cluster: SimCluster) -> set[int]:
+        return {n.view.epoch for n in cluster.live() if n.view is not None}
+
+    def test_member_of_newer_epoch_joins_older_view(self) -> None:
+        """
+        n3 is cut off; n1 and n2 elect n2 in epoch 2; n2 crashes and the
+        cut heals. n3 acts again in epoch 1 (n1 is still listed in its
+        view), and n1, whose epoch-2 view has lost its quorum for good, asks
+        to join it: n3 takes n1 in with a view of a new epoch, since n1
+        refuses views of epoch 1 (it used to answer with its epoch-1 view,
+        refused forever).
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2"]), 5.0))
+        self.assertEqual(self.epochs(cluster) - {1}, {2})
+        cluster.crash("n2")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertGreater(view.epoch, 2)
+        checker.assert_ok()
+
+    def test_restarted_coordinator_and_member_form_a_new_epoch(self) -> None:
+        """
+        n1 stays alone in the first view when n2 and n3 (its coordinator)
+        crash together; they restart (n2 as a new identity). The restarted
+        nodes see n1 in a view whose coordinator is an earlier life of n3
+        (n1's heartbeats say which incarnation its view lists): they form a
+        cluster at once rather than ask that life to let them join, in an
+        epoch above n1's (not in epoch 1 again), and n1, whose coordinator's
+        life ended, joins them.
+        """
+        cluster, checker = self.formed()
+        cluster.crash("n2")
+        cluster.crash("n3")
+        cluster.run(1.0)
+        cluster.restart("n3")
+        cluster.restart("n2", wipe=True)
+        start = cluster.clock.seconds()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        # Well within a join timeout: nobody waited for n1 to give up.
+        self.assertLess(cluster.clock.seconds() - start, 2.0)
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertEqual(set(view.active_ids()), {"n1", "n2w1", "n3"})
+        self.assertGreater(view.epoch, 1)
+        checker.assert_ok()
+
+    def test_restarted_nodes_do_not_reuse_an_epoch(self) -> None:
+        """
+        n3 is cut off, crashes and restarts; n1 and n2 elected n2 in epoch
+        2; then n2 restarts too and the cut heals. The two restarted nodes,
+        knowing no epoch, meet before n3 meets n1: n2, which heard from n1
+        that epoch 2 exists, refuses to bootstrap epoch 1 again (a second
+        view 1.0 with other members), and the cluster forms above epoch 2.
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n2"]), 5.0))
+        cluster.crash("n3")
+        cluster.restart("n3")
+        cluster.run(1.0)
+        cluster.crash("n2")
+        cluster.restart("n2")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        self.assertGreater(min(self.epochs(cluster)), 2)
+        checker.assert_ok()
+
+    def test_orphaned_members_form_a_cluster_with_restarted_coordinator(self) -> None:
+        """
+        n1 is cut off and n3 drops it; n3 restarts and the cut heals. n1
+        (still in the first view) and n2 (in a view of n2 and n3) both have
+        a coordinator whose life ended, and neither can win an election in
+        its view (n2 does not vote for n1, which its view lists dead, and n3
+        votes in no earlier life's view); the restarted n3 is alone outside
+        any view. After two join timeouts without an election, n1 and n2
+        leave their views, and the three form a cluster.
+        """
+        cluster, checker = self.formed()
+        events: list[dict[str, Any]] = []
+        for node in cluster.live():
+            node.subscribe(events.append)
+        cluster.isolate("n1")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n2", "n3"]), 5.0))
+        cluster.crash("n3")
+        cluster.restart("n3")
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=15.0))
+        left = {e["observer"]: e["reason"] for e in events if e["type"] == "left_cluster"}
+        self.assertEqual(sorted(left), ["n1", "n2"])
+        for reason in left.values():
+            self.assertIn("restarted", reason)
+            self.assertIn("no election replaced it", reason)
+        view = cluster.nodes["n2"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertGreater(view.epoch, 1)
+        checker.assert_ok()
+
+    def test_member_follows_restarted_coordinator_into_its_new_view(self) -> None:
+        """
+        n1 is cut off and n3 drops it; then n2 is cut off instead, and n3
+        restarts: the restarted n3 and n1 form a cluster. When the cut heals,
+        n2 sees n3 coordinating a view, and n2's own view is coordinated by
+        n3 too, but by its earlier life: n2 does not take the new life's
+        view for its own coordinator acting; it joins it.
+        """
+        cluster, checker = self.formed()
+        cluster.isolate("n1")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n2", "n3"]), 5.0))
+        cluster.heal()
+        cluster.partition(["n1", "n3"], ["n2"])
+        cluster.crash("n3")
+        cluster.restart("n3")
+        self.assertTrue(cluster.run_until(lambda: cluster.converged(["n1", "n3"]), 10.0))
+        cluster.heal()
+        self.assertTrue(cluster.run_until(cluster.converged, timeout=10.0))
+        view = cluster.nodes["n2"].view
+        assert view is not None
+        self.assertEqual(view.coordinator, "n3")
+        self.assertEqual(
+            view.member("n3").incarnation,  # type: ignore[union-attr]
+            cluster.nodes["n3"].membership.incarnation,
+        )
+        checker.assert_ok()

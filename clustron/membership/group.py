@@ -92,7 +92,13 @@ class PeerInfo:
     incarnation: int
     view_id: ViewId | None = None
     coordinator: str | None = None
+    #: The incarnation the peer's process started with (its heartbeats say
+    #: it), or None until heard: view entries of the peer below it are of
+    #: an earlier life, which ended.
+    life: int | None = None
     coordinator_address: str | None = None
+    #: The incarnation the peer's view lists its coordinator with.
+    coordinator_incarnation: int | None = None
     acting: bool = False
     in_view: bool = False
     heard_at: float = 0.0
@@ -182,7 +188,18 @@ class Membership:
         self._max_epoch = 0
         self._epoch_raised_at = 0.0
         self._max_view_epoch = 0
-        self._votes: dict[int, str] = {}
+        # The highest epoch other nodes were heard to be in or to have seen
+        # (heartbeats, vote denials): candidacies stand above it, so that a
+        # node that knows little (a restarted one) does not stand for an
+        # epoch that is already taken, in vain or worse.
+        self._epoch_hint = 0
+        # Joiners that have seen an epoch above the view's, with that epoch:
+        # the view that takes them in opens an epoch above, or they would
+        # refuse it.
+        self._pending_seen: dict[str, int] = {}
+        # Per epoch, the candidate this node voted for and that candidate's
+        # life (a restarted candidate is not the one that got the vote).
+        self._votes: dict[int, tuple[str, int | None]] = {}
         self.peers: dict[str, PeerInfo] = {}
         self._candidacy: _Candidacy | None = None
         self._no_candidacy_before = 0.0
@@ -543,28 +560,36 @@ class Membership:
             return
         connected = self._connected()
         in_views = [
-            p for p in self.peers.values() if p.node_id in connected and p.in_view and p.coordinator
+            p
+            for p in self.peers.values()
+            if p.node_id in connected and p.in_view and p.coordinator and not self._orphaned_peer(p)
         ]
         if in_views:
             best = max(in_views, key=lambda p: (p.acting, p.view_id or (0, 0)))
             coordinator = best.coordinator
             assert coordinator is not None
+            if (
+                best.view_id is not None
+                and best.view_id[0] < self.max_epoch
+                and now - self._epoch_raised_at < self.config.failure_detector.suspect_after
+            ):
+                # This node just saw a newer epoch than any view it sees now
+                # (it was dropped from it, or voted in it): its coordinator's
+                # heartbeats are due. Joining an older view would make that
+                # view's coordinator open an epoch above it, taking members
+                # from a coordinator just elected.
+                return
             if now - self._last_join_sent >= self.config.membership.join_timeout / 2:
                 if coordinator in connected:
                     self._last_join_sent = now
-                    self._send_control(
-                        coordinator,
-                        {
-                            "k": "join",
-                            "incarnation": self.incarnation,
-                            "address": self.address,
-                            "priority": self.priority,
-                        },
-                    )
+                    self._send_control(coordinator, self._join_body())
                 elif best.coordinator_address:
                     self._want_address(best.coordinator_address)
             return
-        # Nobody we can see is in a view: form a new cluster, carefully.
+        # Nobody we can see is in a view with a coordinator to join: form a
+        # new cluster, carefully. (Members of a view whose coordinator's life
+        # ended count once they leave it, see _orphaned: until then their
+        # view may still elect.)
         waiting = [
             p
             for p in self.peers.values()
@@ -603,6 +628,68 @@ class Membership:
             reason="bootstrap" if position == 0 else "bootstrap (higher ranks silent)",
         )
 
+    def _orphaned_peer(self, peer: PeerInfo) -> bool:
+        """
+        Whether a peer's view (as its heartbeats describe it) is coordinated
+        by a life that ended: this node's earlier life, or an earlier life of
+        a peer that says it started later. Nobody acts in such a view, and
+        a join sent to its coordinator's node would go unanswered forever.
+        """
+        listed = peer.coordinator_incarnation
+        if peer.coordinator is None or listed is None:
+            return False
+        return (self._life_of(peer.coordinator) or 0) > listed
+
+    def _join_body(self) -> dict[str, Any]:
+        # The epoch tells the coordinator the lowest view this node accepts.
+        return {
+            "k": "join",
+            "incarnation": self.incarnation,
+            "address": self.address,
+            "priority": self.priority,
+            "epoch": self.max_epoch,
+        }
+
+    def _orphaned(self, now: float) -> bool:
+        """
+        Whether this node is a member of a view whose coordinator's life
+        ended, and neither an election nor a merge replaced it for two join
+        timeouts. Nobody will ever act in that view again (a new life never
+        takes an earlier life's place), and it may lack the quorum to elect
+        for good (its quorum counts lives that ended, which never vote): the
+        node leaves it and joins, or helps form, another cluster, as a node
+        outside any view does. Until then the view gets the time to elect,
+        which keeps its members' states and reasons.
+        """
+        view = self.view
+        return (
+            view is not None
+            and self.joined
+            and view.coordinator != self.node_id
+            and self._life_ended(view.member(view.coordinator))
+            and self._coordinator_failed_since is not None
+            and now - self._coordinator_failed_since >= 2 * self.config.membership.join_timeout
+        )
+
+    def _life_ended(self, member: Member | None) -> bool:
+        """
+        Whether a view's entry is a life of its node that has ended: the
+        node's heartbeats say its process started with a higher incarnation
+        than the entry's (refutations raise an incarnation within one life,
+        and only a new process starts above all of them).
+        """
+        if member is None or member.node_id == self.node_id:
+            return False
+        info = self.peers.get(member.node_id)
+        return info is not None and info.life is not None and info.life > member.incarnation
+
+    def _next_epoch(self) -> int:
+        """
+        The epoch to stand for: above every epoch this node has seen or
+        voted in, and every epoch it heard of from others.
+        """
+        return max(self.max_epoch, self._epoch_hint) + 1
+
     # -- member: watch the coordinator -------------------------------------------------
 
     def _coordinator_failure(self, now: float) -> str | None:
@@ -612,6 +699,14 @@ class Membership:
             return f"coordinator {coordinator} stepped down"
         if coordinator == self.node_id:
             return None
+        entry = self.view.member(coordinator)
+        if self._life_ended(entry):
+            assert entry is not None
+            info = self.peers[coordinator]
+            return (
+                f"coordinator {coordinator} restarted (incarnation {entry.incarnation} "
+                f"-> {info.life}): the life that held epoch {self.view.epoch} ended"
+            )
         if (
             self.max_epoch > self.view.epoch
             and now - self._view_accepted_at > 2 * self.config.membership.join_timeout
@@ -646,6 +741,9 @@ class Membership:
         if self._coordinator_failed_since is None:
             self._coordinator_failed_since = now
             self.log.info("coordinator failed: {why}", why=failure)
+        if self._orphaned(now):
+            self._abandon(now, failure)
+            return
         if self._candidacy is not None or now < self._no_candidacy_before:
             return
         prefer = self._abdication[1] if self._abdication else None
@@ -653,7 +751,10 @@ class Membership:
             m
             for m in self.view.active_members()
             if not m.draining
-            and (m.node_id == self.node_id or self.detector.state(m.node_id) == fd.ALIVE)
+            and (
+                m.node_id == self.node_id
+                or (self.detector.state(m.node_id) == fd.ALIVE and not self._life_ended(m))
+            )
             and (m.node_id != self.view.coordinator or (self._abdicated() and prefer is None))
         ]
         if not any(m.node_id == self.node_id for m in eligible):
@@ -684,7 +785,7 @@ class Membership:
         so a node cut off from the cluster cannot disrupt it when it returns.
         """
         candidacy = _Candidacy(
-            self.max_epoch + 1, voters, {self.node_id}, required, now, bootstrap, reason
+            self._next_epoch(), voters, {self.node_id}, required, now, bootstrap, reason
         )
         candidacy.pre = not bootstrap
         self._candidacy = candidacy
@@ -696,7 +797,7 @@ class Membership:
 
     def _campaign(self, candidacy: _Candidacy, now: float) -> None:
         candidacy.pre = False
-        candidacy.epoch = self.max_epoch + 1
+        candidacy.epoch = self._next_epoch()
         candidacy.granted = {self.node_id}
         candidacy.answered = set()
         candidacy.started_at = now
@@ -913,6 +1014,27 @@ class Membership:
         if drain is not None and own.draining != drain[0]:
             changed[self.node_id] = attrs.evolve(own, draining=drain[0], reason=drain[1])
             dirty = True
+        epoch, seq = view.epoch, view.seq + 1
+        above = {
+            node_id: seen
+            for node_id, seen in self._pending_seen.items()
+            if seen > view.epoch and node_id in self._pending_joins
+        }
+        self._pending_seen.clear()
+        if above and self._outranked():
+            # This coordinator is about to merge into a view that outranks
+            # its own (and the joiners should join there): opening an epoch
+            # now could race that view's coordinator to the same epoch.
+            for node_id in sorted(above):
+                del self._pending_joins[node_id]
+                self._send_control(
+                    node_id, {"k": "join_refused", "reason": "merging into a newer view"}
+                )
+        elif above:
+            seen = max(above.values())
+            epoch, seq = max(self.max_epoch, seen, self._epoch_hint) + 1, 0
+            reasons.append(f"opened epoch {epoch} for joiners that saw epoch {seen}")
+            dirty = True
         for node_id, joiner in sorted(self._pending_joins.items()):
             current = changed.get(node_id)
             if current is None or not current.active:
@@ -934,11 +1056,9 @@ class Membership:
         self._pending_drains.clear()
         self._pending_alive.clear()
         if dirty:
+            self.max_epoch = max(self.max_epoch, epoch)
             new = View(
-                view.epoch,
-                view.seq + 1,
-                self.node_id,
-                tuple(sorted(changed.values(), key=lambda m: m.node_id)),
+                epoch, seq, self.node_id, tuple(sorted(changed.values(), key=lambda m: m.node_id))
             )
             self._install(new, present=present, why="; ".join(reasons) or "member states changed")
             if changed[self.node_id].draining:
@@ -1047,22 +1167,57 @@ class Membership:
         priority = self.priority if coordinator == self.node_id else (info.priority if info else 0)
         return (acting, view_id or (0, 0), priority, coordinator or "")
 
+    def _outranked(self) -> bool:
+        """
+        Whether a connected peer is in a view, of another coordinator, with
+        higher precedence than this coordinator's (see L{_check_merge}).
+        """
+        view = self.view
+        assert view is not None
+        connected = self._connected()
+        mine = self._precedence(self.acting, view.id, view.coordinator)
+        return any(
+            info.node_id in connected
+            and info.in_view
+            and info.coordinator not in (None, view.coordinator)
+            and self._precedence(info.acting, info.view_id, info.coordinator) > mine
+            for info in self.peers.values()
+        )
+
     def _check_merge(self, now: float) -> None:
         view = self.view
         if view is None or now - self._last_merge_sent < self.config.membership.merge_interval:
             return
         connected = self._connected()
+        # A coordinator whose life ended acts for nobody in this view, even
+        # if its new life coordinates another one.
+        ended = self._life_ended(view.member(view.coordinator))
+        coordinator_info = None if self.is_coordinator else self.peers.get(view.coordinator)
         own_acting = (
             self.acting
             if self.is_coordinator
-            else bool((info := self.peers.get(view.coordinator)) and info.acting)
+            else bool(coordinator_info and coordinator_info.acting and not ended)
         )
+        if (
+            not self.is_coordinator
+            and not ended
+            and not (
+                coordinator_info is not None
+                and coordinator_info.heartbeat_at > self._view_accepted_at
+            )
+            and now - self._view_accepted_at < self.config.failure_detector.suspect_after
+        ):
+            # The coordinator has not said yet whether it acts (a new one
+            # heartbeats "acting" within a tick): joining another view now
+            # would take this member from a coordinator just elected.
+            return
         mine = self._precedence(own_acting, view.id, view.coordinator)
         for info in sorted(self.peers.values(), key=lambda p: p.node_id):
             if info.node_id not in connected or not info.in_view or info.coordinator is None:
                 continue
             if (
                 info.coordinator == view.coordinator
+                and not ended
                 or view.is_active_member(info.node_id)
                 and info.view_id == view.id
             ):
@@ -1085,15 +1240,7 @@ class Membership:
                 )
                 self._send_control(target, {"k": "merge", "view": view.to_dict()})
             elif not own_acting:
-                self._send_control(
-                    target,
-                    {
-                        "k": "join",
-                        "incarnation": self.incarnation,
-                        "address": self.address,
-                        "priority": self.priority,
-                    },
-                )
+                self._send_control(target, self._join_body())
             return
 
     # -- receiving views -----------------------------------------------------------------
@@ -1179,6 +1326,34 @@ class Membership:
         for d in waiters:
             d.callback(view)
 
+    def _abandon(self, now: float, why: str) -> None:
+        """
+        Leave a view nobody will act in again (see L{_orphaned}), keeping
+        the fence of its epoch, to join or form another cluster.
+        """
+        view = self.view
+        assert view is not None
+        reason = f"{why}, and no election replaced it"
+        self.log.warn(
+            "leaving view {view} ({reason}); looking for a cluster to join",
+            view=list(view.id),
+            reason=reason,
+        )
+        self.view = None
+        self._acting = False
+        self._candidacy = None
+        self._coordinator_failed_since = None
+        self.detector.watch([], now)
+        self._emit(
+            {
+                "type": "left_cluster",
+                "node_id": self.node_id,
+                "reason": reason,
+                "view": list(view.id),
+            }
+        )
+        self._notify_change()
+
     def _left_view(self, view: View, me: Member | None) -> None:
         old = self.view
         reason = me.reason if me is not None else "no longer listed"
@@ -1233,15 +1408,22 @@ class Membership:
         info.coordinator = coordinator if isinstance(coordinator, str) else None
         ca = body.get("ca")
         info.coordinator_address = ca if isinstance(ca, str) else None
+        ci = body.get("ci")
+        info.coordinator_incarnation = ci if _is_incarnation(ci) else None
         info.acting = body.get("a") is True
         if info.acting or info.coordinator != sender:
             info.not_acting_since = None
         elif info.not_acting_since is None:
             info.not_acting_since = self.clock.seconds()
         info.in_view = body.get("j") is True and info.view_id is not None
+        if info.view_id is not None:
+            self._epoch_hint = max(self._epoch_hint, info.view_id[0])
         incarnation = body.get("i")
         if _is_incarnation(incarnation) and incarnation > info.incarnation:
             info.incarnation = incarnation
+        life = body.get("l")
+        if _is_incarnation(life) and (info.life is None or life > info.life):
+            info.life = life
         now = info.heard_at = info.heartbeat_at = self.clock.seconds()
         # Times come from the peer: only finite numbers of a sane size (a
         # huge int does not convert to a float; NaN cannot be echoed in JSON).
@@ -1264,6 +1446,9 @@ class Membership:
         incarnation = body.get("incarnation")
         address = body.get("address")
         priority = body.get("priority", 0)
+        seen = body.get("epoch", 0)
+        if not _is_incarnation(seen):
+            raise ProtocolViolation("malformed", "bad join: epoch is not a non-negative integer")
         try:
             # The joiner's fields go into views: hold them to the same rules
             # as a view's members, or every member would refuse the view.
@@ -1285,6 +1470,14 @@ class Membership:
             self._send_control(sender, {"k": "join_refused", "reason": "coordinator has no quorum"})
             return
         assert self.view is not None
+        if seen > self.view.epoch:
+            # The joiner has seen a newer epoch (a view of a coordinator that
+            # has since failed or restarted) and refuses views of this one:
+            # the view that takes it in opens an epoch above (_coordinate).
+            self._pending_seen[sender] = seen
+            self._pending_joins[sender] = joiner
+            self._soon()
+            return
         current = self.view.member(sender)
         if current is not None and current.active and current.incarnation == incarnation:
             self._send_control(sender, {"k": "view", "view": self.view.to_dict()})
@@ -1329,7 +1522,14 @@ class Membership:
             if deny.startswith("stale"):
                 self.metrics.stale_epoch_refused.inc()
             self._send_control(
-                sender, {"k": "vote", "epoch": epoch, "granted": False, "reason": deny}
+                sender,
+                {
+                    "k": "vote",
+                    "epoch": epoch,
+                    "granted": False,
+                    "reason": deny,
+                    "seen": max(self.max_epoch, self._epoch_hint),
+                },
             )
 
     def _on_prevote_req(self, sender: str, body: dict[str, Any]) -> None:
@@ -1340,6 +1540,7 @@ class Membership:
         reply: dict[str, Any] = {"k": "prevote", "epoch": epoch, "granted": deny is None}
         if deny is not None:
             reply["reason"] = deny
+            reply["seen"] = max(self.max_epoch, self._epoch_hint)
         self._send_control(sender, reply)
 
     def _on_prevote(self, sender: str, body: dict[str, Any]) -> None:
@@ -1349,6 +1550,18 @@ class Membership:
         if sender in candidacy.voters and body.get("granted") is True:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
+        else:
+            self._heard_epoch(body)
+
+    def _heard_epoch(self, body: dict[str, Any]) -> None:
+        """
+        A voter that denied a vote said which epoch it has seen: the next
+        candidacy stands above it (a candidate that stood again for an
+        epoch its voters have moved past would be denied forever).
+        """
+        seen = body.get("seen")
+        if _is_incarnation(seen):
+            self._epoch_hint = max(self._epoch_hint, seen)
 
     def _vote_denial(
         self, candidate: str, epoch: int, body: dict[str, Any], bootstrap: bool
@@ -1356,14 +1569,18 @@ class Membership:
         if epoch < self.max_epoch:
             return f"stale epoch {epoch} (seen {self.max_epoch})"
         voted = self._votes.get(epoch)
-        if voted is not None and voted != candidate:
-            return f"voted for {voted} in epoch {epoch}"
+        if voted is not None and voted != (candidate, self._life_of(candidate)):
+            return f"voted for {voted[0]} (incarnation {voted[1]}) in epoch {epoch}"
         if epoch == self.max_epoch and voted is None:
             return f"epoch {epoch} already in use"
         if bootstrap:
             if self.joined:
                 assert self.view is not None
                 return f"already a member of view {self.view.epoch}.{self.view.seq}"
+            if epoch <= self._epoch_hint:
+                # Nodes that know nothing (restarted ones) would otherwise
+                # form a cluster in an epoch a peer's view already holds.
+                return f"epoch {epoch} is taken (a peer is in epoch {self._epoch_hint})"
             return None
         if not self.joined:
             return "not a member"
@@ -1390,6 +1607,7 @@ class Membership:
                     and info is not None
                     and info.acting
                     and now - info.heard_at < self.config.failure_detector.suspect_after
+                    and not self._life_ended(view.member(coordinator))
                 ):
                     return f"coordinator {coordinator} is alive and acting"
             if body.get("fallback") is not True:
@@ -1403,6 +1621,7 @@ class Membership:
                         and (
                             member.node_id == self.node_id
                             or self.detector.state(member.node_id) == fd.ALIVE
+                            and not self._life_ended(member)
                         )
                     ):
                         return f"higher-ranked {member.node_id} is alive"
@@ -1423,6 +1642,7 @@ class Membership:
             candidacy.granted.add(sender)
             self._check_won(self.clock.seconds())
         else:
+            self._heard_epoch(body)
             reason = body.get("reason")
             self.log.debug(
                 "vote denied by {sender}: {reason}", sender=sender, reason=str(reason)[:200]
@@ -1777,17 +1997,21 @@ class Membership:
 
     def _heartbeat_body(self) -> dict[str, Any]:
         view = self.view if self.joined else None
-        coordinator_address = None
+        coordinator_address = coordinator_incarnation = None
         if view is not None:
             coordinator = view.member(view.coordinator)
-            coordinator_address = coordinator.address if coordinator else None
+            if coordinator is not None:
+                coordinator_address = coordinator.address
+                coordinator_incarnation = coordinator.incarnation
         return {
             "v": list(view.id) if view else None,
             "c": view.coordinator if view else None,
             "ca": coordinator_address,
+            "ci": coordinator_incarnation,
             "a": self.acting,
             "j": view is not None,
             "i": self.incarnation,
+            "l": self._life_incarnation,
         }
 
     def _send_heartbeats(self) -> None:
@@ -1855,8 +2079,17 @@ class Membership:
             return False
         return self._send(node_id, CONTROL, body, False)
 
+    def _life_of(self, node_id: str) -> int | None:
+        """
+        The incarnation C{node_id}'s process started with, if known.
+        """
+        if node_id == self.node_id:
+            return self._life_incarnation
+        info = self.peers.get(node_id)
+        return info.life if info is not None else None
+
     def _remember_vote(self, epoch: int, candidate: str) -> None:
-        self._votes[epoch] = candidate
+        self._votes[epoch] = (candidate, self._life_of(candidate))
         for old in sorted(self._votes)[:-_VOTE_MEMORY]:
             del self._votes[old]
 
