@@ -450,7 +450,12 @@ class ClusterNode(MultiService):
         quorum = (
             membership.quorum.required(len(view.active_members())) if view is not None else None
         )
-        self.messenger.view_changed(view, membership.acting, quorum)
+        lives = (
+            {node: membership.life_of(node) for node in view.active_ids()}
+            if view is not None
+            else None
+        )
+        self.messenger.view_changed(view, membership.acting, quorum, lives)
 
     def _send_frame(self, node_id: str, frame_type: int, body: Any, priority: bool) -> bool:
         return self.mesh.try_send(node_id, frame_type, body, priority)

@@ -12,6 +12,7 @@ from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from clustron.errors import (
+    DeliveryFailed,
     MessageTooLarge,
     NotJoined,
     QueueFull,
@@ -21,6 +22,7 @@ from clustron.errors import (
 )
 from clustron.testkit.checkers import MembershipChecker, MessagingChecker
 from clustron.testkit.cluster import SimCluster
+from clustron.testkit.scenarios import run_seed
 
 
 def formed(
@@ -180,6 +182,43 @@ class ReliabilityTests(SynchronousTestCase):
     """
     Reliable FIFO delivery under loss, duplication and reordering.
     """
+
+    def test_restarted_peer_gets_a_new_stream(self) -> None:
+        """
+        When a member's process restarts while it stays in the view, what
+        was in flight to the old process fails with L{DeliveryFailed} and
+        the stream to the new one starts a new generation.
+        """
+        cluster, _, _ = formed()
+        messenger = cluster.nodes["n1"].messenger
+        view = cluster.nodes["n1"].view
+        assert view is not None
+        lives = {node: cluster.nodes["n1"].membership.life_of(node) for node in view.active_ids()}
+        self.assertNotIn(None, lives.values())
+        cluster.network.cut_one_way(cluster.host_of("n1"), cluster.host_of("n3"))
+        results: list[Any] = []
+        cluster.nodes["n1"].send("n3", "t", "for the old process").addErrback(results.append)
+        before = messenger._fifo_out.stamp("n3")
+        renewed = dict(lives, n3=lives["n3"] + 1)
+        messenger.view_changed(view, cluster.nodes["n1"].membership.acting, None, renewed)
+        self.assertEqual([f.type for f in results], [DeliveryFailed])
+        self.assertIn("restarted", str(results[0].value))
+        after = messenger._fifo_out.stamp("n3")
+        self.assertGreater(after.stream_id, before.stream_id)
+        self.assertEqual(after.seq, 1)
+        # The same life again changes nothing.
+        messenger.view_changed(view, cluster.nodes["n1"].membership.acting, None, renewed)
+        self.assertEqual(messenger._fifo_out.stamp("n3").stream_id, after.stream_id)
+
+    def test_restart_seed_regression(self) -> None:
+        """
+        The seed that found it: n1 crashed right after acknowledging a
+        message of n5's stream out of order and came back without ever
+        leaving n5's view; carried on, the stream kept the new process
+        waiting for that message for good.
+        """
+        result = run_seed("mixed", 1053, nodes=5, duration=6.0)
+        self.assertEqual(result.violations, [])
 
     def test_fifo_broadcast_under_faults(self) -> None:
         cluster, checker, membership = formed(seed=4)

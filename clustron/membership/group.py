@@ -638,7 +638,7 @@ class Membership:
         listed = peer.coordinator_incarnation
         if peer.coordinator is None or listed is None:
             return False
-        return (self._life_of(peer.coordinator) or 0) > listed
+        return (self.life_of(peer.coordinator) or 0) > listed
 
     def _join_body(self) -> dict[str, Any]:
         # The epoch tells the coordinator the lowest view this node accepts.
@@ -1569,7 +1569,7 @@ class Membership:
         if epoch < self.max_epoch:
             return f"stale epoch {epoch} (seen {self.max_epoch})"
         voted = self._votes.get(epoch)
-        if voted is not None and voted != (candidate, self._life_of(candidate)):
+        if voted is not None and voted != (candidate, self.life_of(candidate)):
             return f"voted for {voted[0]} (incarnation {voted[1]}) in epoch {epoch}"
         if epoch == self.max_epoch and voted is None:
             return f"epoch {epoch} already in use"
@@ -2079,7 +2079,7 @@ class Membership:
             return False
         return self._send(node_id, CONTROL, body, False)
 
-    def _life_of(self, node_id: str) -> int | None:
+    def life_of(self, node_id: str) -> int | None:
         """
         The incarnation C{node_id}'s process started with, if known.
         """
@@ -2089,7 +2089,7 @@ class Membership:
         return info.life if info is not None else None
 
     def _remember_vote(self, epoch: int, candidate: str) -> None:
-        self._votes[epoch] = (candidate, self._life_of(candidate))
+        self._votes[epoch] = (candidate, self.life_of(candidate))
         for old in sorted(self._votes)[:-_VOTE_MEMORY]:
             del self._votes[old]
 

@@ -189,6 +189,7 @@ class Messenger:
         self._causal_held: collections.deque[_HeldCausal] = collections.deque()
         self._causal_held_from: collections.Counter[str] = collections.Counter()
         self._member_lives: dict[str, int] = {}
+        self._peer_lives: dict[str, int] = {}
         self.total = total.TotalOrder(
             node_id,
             clock,
@@ -443,7 +444,13 @@ class Messenger:
 
     # -- membership -------------------------------------------------------------------
 
-    def view_changed(self, view: View | None, acting: bool, quorum: int | None = None) -> None:
+    def view_changed(
+        self,
+        view: View | None,
+        acting: bool,
+        quorum: int | None = None,
+        lives: dict[str, int | None] | None = None,
+    ) -> None:
         """
         Track the members: fail what is outstanding to those who left and
         forget their streams.
@@ -452,6 +459,9 @@ class Messenger:
         @param quorum: how many members (the coordinator included) make a
             quorum of C{view}; total-order positions commit once that many
             hold them (by default a majority of the view's active members).
+        @param lives: the incarnation each member's process started with,
+            where known: a member whose process restarted while it stayed in
+            the view gets new streams (see L{_peer_restarted}).
         """
         members = frozenset(view.active_ids()) if view is not None else frozenset()
         in_view = view is not None and view.is_active_member(self.node_id)
@@ -460,13 +470,14 @@ class Messenger:
         arrived: list[str] = []
         if in_view:
             assert view is not None
-            lives = {m.node_id: m.incarnation for m in view.active_members()}
+            incarnations = {m.node_id: m.incarnation for m in view.active_members()}
             arrived = sorted(
                 node
-                for node, life in lives.items()
-                if node != self.node_id and (not was_member or self._member_lives.get(node) != life)
+                for node, incarnation in incarnations.items()
+                if node != self.node_id
+                and (not was_member or self._member_lives.get(node) != incarnation)
             )
-            self._member_lives = lives
+            self._member_lives = incarnations
             gone_peers = sorted(self._members - members)
         else:
             # This node is out of the group, not they: keep the streams (what
@@ -474,6 +485,18 @@ class Messenger:
             # until it is back or they leave a view it is in.
             members = frozenset()
             gone_peers = []
+        if lives is not None and in_view:
+            known = self._peer_lives
+            # A life not known at the moment (a new connection's first
+            # heartbeat is still to come) keeps the one known before.
+            current = {
+                node: life if life is not None else known.get(node) for node, life in lives.items()
+            }
+            self._peer_lives = {node: life for node, life in current.items() if life is not None}
+            for node, life in sorted(self._peer_lives.items()):
+                before = known.get(node)
+                if before is not None and life > before and node in members:
+                    self._peer_restarted(node)
         for gone in gone_peers:
             self._sender.peer_left(gone)
             self._fifo_out.forget(gone)
@@ -561,6 +584,20 @@ class Messenger:
                 else:
                     self._causal_held.append(item)
                     self._causal_held_from[item.key] += 1
+
+    def _peer_restarted(self, node: str) -> None:
+        """
+        C{node}'s process restarted while it stayed in the view: what is in
+        flight to it was for the process that died (it fails with
+        L{DeliveryFailed}), and the stream to the new process starts a new
+        generation. Carrying the old stream on would make the new process
+        wait for good for messages the old one acknowledged out of order.
+        """
+        self.log.info("{peer} restarted: its streams start again", peer=node)
+        self._sender.peer_restarted(node)
+        self._fifo_out.forget(node)
+        self._bulk.pop(node, None)
+        self._reassembler.forget(node)
 
     def stop(self) -> None:
         """

@@ -462,6 +462,13 @@ class ReliableSender:
         """
         self._fail_peer(node_id, "left the view")
 
+    def peer_restarted(self, node_id: str) -> None:
+        """
+        Fail everything outstanding to C{node_id}: it was for a process of
+        that node which has ended.
+        """
+        self._fail_peer(node_id, "restarted")
+
     def stop(self) -> None:
         """
         Fail everything outstanding to every peer and cancel all timers.
