@@ -290,3 +290,30 @@ class LiveMeshTests(TestCase):
             self.node.sample("clustron_connection_attempts_total", result="connected"), 1
         )
         yield self.assert_good_peer_accepted()
+
+    @inlineCallbacks
+    def test_write_through_keeps_order(self) -> Any:
+        """
+        On a TCP connection the first frame written after data came in goes
+        straight to the socket (nothing is left in the transport's buffer);
+        the frames after it in the same turn go through the transport's
+        buffer, and the peer gets them all, in order.
+        """
+        good = LiveNode("b", seed=2)
+        self.others.append(good)
+        yield good.start()
+        good.mesh.set_addresses("test", {("127.0.0.1", self.node.port)})
+        yield wait_for(lambda: self.node.ups and good.ups)
+        good.mesh.send("a", framing.MESSAGE, {"n": -1})
+        yield wait_for(lambda: self.node.frames)
+        protocol = self.node.mesh.peers["b"]
+        transport = protocol.transport
+        self.assertFalse(protocol._wrote_through)
+        self.node.mesh.send("b", framing.MESSAGE, {"n": 0})
+        self.assertTrue(protocol._wrote_through)
+        self.assertEqual((transport._tempDataLen, transport.dataBuffer), (0, b""))
+        for n in range(1, 200):
+            self.node.mesh.send("b", framing.MESSAGE, {"n": n, "pad": "x" * 3000})
+        self.assertGreater(transport._tempDataLen, 0)
+        yield wait_for(lambda: len(good.frames) == 200)
+        self.assertEqual([body["n"] for _, _, body in good.frames], list(range(200)))
