@@ -50,6 +50,19 @@ _LOST = Failure(ConnectionError("connection lost"))
 #: (C{twisted.internet.tcp.Server} and C{Client}), not wrapped in TLS.
 _WRITE_THROUGH_TYPES = frozenset((_TCPServer, _TCPClient))
 
+#: The private state of those transports that L{PeerProtocol._write_through}
+#: reads to know that nothing is buffered; a Twisted without any of it gets
+#: plain C{transport.write}.
+_WRITE_THROUGH_STATE = (
+    "_tempDataLen",
+    "offset",
+    "dataBuffer",
+    "connected",
+    "disconnecting",
+    "_writeDisconnected",
+    "socket",
+)
+
 _HANDSHAKE_SERIALIZER_ID = 1  # HELLO and REJECT are always JSON.
 
 #: The BYE reason of a connection closed because the pair keeps another one.
@@ -202,8 +215,10 @@ class PeerProtocol(Protocol):
         """
         self.transport.registerProducer(self, True)
         self._registered = True
-        if type(self.transport) in _WRITE_THROUGH_TYPES and not getattr(
-            self.transport, "TLS", False
+        if (
+            type(self.transport) in _WRITE_THROUGH_TYPES
+            and not getattr(self.transport, "TLS", False)
+            and all(hasattr(self.transport, name) for name in _WRITE_THROUGH_STATE)
         ):
             self._write = self._write_through
         self._timeout = self.owner.clock.callLater(
