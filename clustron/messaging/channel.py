@@ -296,18 +296,8 @@ class Messenger:
         if to == self.node_id:
             self._later(self._dispatch_local, "m", self._ids.next_id(), topic, body, None)
             return succeed(None)
-        key = self._ids.next_text()
         envelope = {"k": "m", "t": topic, "b": body}
-        if not reliable:
-            return self._send_unreliable(to, key, envelope)
-        d = _Sent(self._cancel_sent)
-        d.to = to
-        d.key = key
-        try:
-            self._send_reliable(to, key, envelope, self._sent_done, d)
-        except ClustronError as e:
-            return fail(e)
-        return d
+        return self._send_keyed(to, self._ids.next_text(), envelope, reliable)
 
     def request(
         self, to: str, topic: str, body: Any, timeout: float | None = None
@@ -1273,7 +1263,14 @@ class Messenger:
         @return: a Deferred that fires once acknowledged (at once when
             unreliable), or fails as L{send} describes.
         """
-        key = str(msg_id)
+        return self._send_keyed(to, str(msg_id), envelope, reliable)
+
+    def _send_keyed(
+        self, to: str, key: str, envelope: dict[str, Any], reliable: bool
+    ) -> Deferred[None]:
+        """
+        L{_send_envelope} with the message id as text already.
+        """
         if not reliable:
             return self._send_unreliable(to, key, envelope)
         d = _Sent(self._cancel_sent)
