@@ -10,8 +10,8 @@ given.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.application.service import MultiService
@@ -30,6 +30,9 @@ from clustron.messaging.message import Message
 from clustron.observability.metrics import NodeMetrics
 from clustron.wire import framing
 from clustron.wire.mesh import Mesh, format_address
+
+if TYPE_CHECKING:
+    from clustron.admin.auth import TokenLike
 
 log = Logger()
 
@@ -133,7 +136,9 @@ class ClusterNode(MultiService):
             from clustron.admin.auth import Authorizer
             from clustron.admin.service import AdminService
 
-            self.authorizer = Authorizer(config.admin.tokens)
+            # TokenLike declares plain (settable) attributes; the frozen
+            # TokenConfig only reads them, which is all Authorizer does.
+            self.authorizer = Authorizer(cast("Iterable[TokenLike]", config.admin.tokens))
             self.admin = AdminService(
                 reactor,
                 config.admin.listen,
@@ -194,10 +199,12 @@ class ClusterNode(MultiService):
         """
         if self.membership.joined:
             leaving = self.membership.leave()
-            bound = self.reactor.callLater(
-                self.config.failure_detector.dead_after,
-                lambda: leaving.called or leaving.callback(None),
-            )
+
+            def stop_waiting() -> None:
+                if not leaving.called:
+                    leaving.callback(None)
+
+            bound = self.reactor.callLater(self.config.failure_detector.dead_after, stop_waiting)
             try:
                 yield leaving
             except Exception:
@@ -344,13 +351,14 @@ class ClusterNode(MultiService):
             old,
             failure_detector=new.failure_detector,
             logging=attrs.evolve(old.logging, level=new.logging.level),
-            admin=attrs.evolve(old.admin, tokens=new.admin.tokens),
+            # The attrs plugin types a converter=tuple field as Iterable[_T_co].
+            admin=attrs.evolve(old.admin, tokens=new.admin.tokens),  # type: ignore[arg-type]
             discovery=new.discovery,
         )
         errors: list[str] = []
         if self.authorizer is not None and new.admin.tokens != old.admin.tokens:
             try:
-                self.authorizer.replace(new.admin.tokens)
+                self.authorizer.replace(cast("Iterable[TokenLike]", new.admin.tokens))
             except ValueError as e:
                 errors.append(f"admin.tokens: {e}")
                 applied = attrs.evolve(applied, admin=old.admin)
@@ -414,7 +422,7 @@ class ClusterNode(MultiService):
             "node_id": self.config.node_id,
             "incarnation": self.membership.incarnation,
             "state": "alive" if self.membership.joined else "joining",
-            "coordinator": view.coordinator if view_doc else None,
+            "coordinator": cast(View, view).coordinator if view_doc else None,
             "is_coordinator": self.membership.is_coordinator and self.membership.joined,
             "acting": self.membership.acting,
             "view": view_doc,

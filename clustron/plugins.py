@@ -9,7 +9,7 @@ change to Clustron.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.plugin import getPlugins
 from zope.interface.interface import InterfaceClass
@@ -47,7 +47,8 @@ def installed(kind: str) -> dict[str, Any]:
     import twisted.plugins
 
     found: dict[str, Any] = {}
-    for plugin in getPlugins(KINDS[kind], twisted.plugins):
+    # getPlugins is annotated for a class, not a zope InterfaceClass.
+    for plugin in getPlugins(cast("type[Any]", KINDS[kind]), twisted.plugins):
         name = getattr(plugin, "name", None)
         if isinstance(name, str) and name not in found:
             found[name] = plugin

@@ -116,9 +116,10 @@ def _reload_on_sighup(node: Any) -> None:
     import signal
 
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorThreads
 
     def reload(signum: int, frame: Any) -> None:
-        reactor.callFromThread(node.reload_config)
+        IReactorThreads(reactor).callFromThread(node.reload_config)
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)

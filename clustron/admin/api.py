@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 from attrs import frozen
@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web.http import combinedLogFormatter
+from twisted.web.http import Request, combinedLogFormatter
 from twisted.web.iweb import IAccessLogFormatter, IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -393,7 +393,7 @@ class ApiResource(Resource):
             return self._events(request)
         handler: Callable[[IRequest, dict[str, str]], Any] = getattr(self, route.handler)
         finished: list[object] = []
-        request.notifyFinish().addBoth(finished.append)
+        cast(Request, request).notifyFinish().addBoth(finished.append)
         d = maybeDeferred(handler, request, params)
 
         def failed(failure: Failure) -> _Reply:
@@ -650,7 +650,9 @@ class _StaticFiles(File):
     answers errors in JSON.
     """
 
-    childNotFound = _NOT_FOUND
+    # File infers its attribute as the _UnsafeNoResource it is set to; any
+    # resource will do.
+    childNotFound = _NOT_FOUND  # type: ignore[assignment]
 
     def directoryListing(self) -> Resource:  # noqa: N802
         return _NOT_FOUND

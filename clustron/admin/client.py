@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python.failure import Failure
@@ -108,7 +109,7 @@ class _BoundedBody(Protocol):
 
     def _cancel(self, d: Deferred[bytes]) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._finished.called:
@@ -123,7 +124,7 @@ class _BoundedBody(Protocol):
                     f"the answer is larger than {self._limit} bytes",
                 )
             )
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
             return
         self._parts.append(data)
 
@@ -148,7 +149,7 @@ class _EventBody(Protocol):
 
     def _cancel(self, d: Deferred[None]) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.finished.called:
@@ -158,7 +159,7 @@ class _EventBody(Protocol):
                 self._callback(_event_dict(event.type, event.data))
         except Exception:
             self.finished.errback(Failure())
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self.finished.called:
@@ -293,9 +294,9 @@ class AdminClient:
         @return: a Deferred firing with the Prometheus text.
         """
         d = self._request(b"GET", "/metrics", None, b"text/plain")
-        d.addCallback(self._read, (200,))
-        d.addCallback(lambda result: result[1].decode("utf-8"))
-        return self._limit_time(d)
+        read = d.addCallback(self._read, (200,))
+        read.addCallback(lambda result: result[1].decode("utf-8"))
+        return self._limit_time(read)
 
     def events(self, callback: Callable[[dict[str, Any]], object]) -> Deferred[None]:
         """
@@ -371,7 +372,7 @@ class AdminClient:
         accept: tuple[int, ...] = (200,),
     ) -> Deferred[Any]:
         d = self._request(method, path, body, b"application/json")
-        d.addCallback(self._read, accept)
+        read = d.addCallback(self._read, accept)
 
         def decode(result: tuple[int, bytes]) -> Any:
             status, raw = result
@@ -382,8 +383,8 @@ class AdminClient:
                     status, "bad_response", "the answer is not JSON"
                 ) from None
 
-        d.addCallback(decode)
-        return self._limit_time(d)
+        read.addCallback(decode)
+        return self._limit_time(read)
 
     def _read(self, response: IResponse, accept: tuple[int, ...]) -> Deferred[tuple[int, bytes]]:
         body = _BoundedBody(response.code, self._max_response_bytes)

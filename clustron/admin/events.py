@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -136,8 +137,11 @@ class EventStream:
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        request.notifyFinish().addBoth(self._connection_ended)
-        request.registerProducer(self, True)
+        # IRequest does not declare the producer and finish notification
+        # methods every HTTP request has.
+        http_request = cast(Request, request)
+        http_request.notifyFinish().addBoth(self._connection_ended)
+        http_request.registerProducer(self, True)
         self._write(OPENING)
         if self._closed:
             return
@@ -170,7 +174,7 @@ class EventStream:
         if self._closed:
             return
         self._cleanup()
-        self._request.unregisterProducer()
+        cast(Request, self._request).unregisterProducer()
         self._request.finish()
 
     def pauseProducing(self) -> None:
@@ -222,7 +226,7 @@ class EventStream:
         if abort is not None:
             abort()
         else:
-            self._request.loseConnection()
+            cast(Request, self._request).loseConnection()
 
     def _connection_ended(self, result: None | Failure) -> None:
         self._cleanup()

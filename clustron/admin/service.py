@@ -5,7 +5,7 @@ The admin API as a Twisted service: listens on start, stops on stop.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL.crypto import FILETYPE_PEM
 from OpenSSL.crypto import Error as OpenSSLError
@@ -204,4 +204,6 @@ class AdminService(Service):
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)
+        # stopListening returns a Deferred or None; maybeDeferred fires with
+        # None either way (its overloads type a union result as nested).
+        return cast("Deferred[None]", maybeDeferred(port.stopListening))

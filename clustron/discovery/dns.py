@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
@@ -182,9 +182,9 @@ def _clean(name: object) -> str:
 
 def _address_of(record: dns.RRHeader) -> str | None:
     if record.type == dns.A:
-        return record.payload.dottedQuad()
+        return cast(dns.Record_A, record.payload).dottedQuad()
     if record.type == dns.AAAA:
-        return socket.inet_ntop(socket.AF_INET6, record.payload.address)
+        return socket.inet_ntop(socket.AF_INET6, cast(dns.Record_AAAA, record.payload).address)
     return None
 
 
@@ -245,7 +245,7 @@ class DnsDiscovery(ReportsStatus):
         self._servers: tuple[Address, ...] = ()
         self._running = False
         self._call: IDelayedCall | None = None
-        self._inflight: Deferred[None] | None = None
+        self._inflight: Deferred[set[Address]] | None = None
         self._idle_waiters: list[Deferred[None]] = []
 
     def start(self) -> Deferred[None]:
@@ -289,9 +289,11 @@ class DnsDiscovery(ReportsStatus):
             lookup = Deferred()
             lookup.errback(Failure())
         self._inflight = lookup
-        lookup.addCallbacks(self._succeeded, self._failed)
-        lookup.addErrback(self._unexpected)
-        lookup.addBoth(self._round_over)
+        delay = lookup.addCallbacks(self._succeeded, self._failed)
+        delay.addErrback(self._unexpected)
+        # _unexpected turns every failure into a delay, so _round_over only
+        # ever gets a float.
+        delay.addBoth(cast("Callable[[float | Failure], None]", self._round_over))
 
     def _resolver_for(self, servers: tuple[Address, ...]) -> Any:
         if self._resolver is None or self._resolver[0] != servers:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -69,7 +69,7 @@ class _BodyReader(Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -188,7 +188,7 @@ class JsonStream(Protocol):
         Drop the connection; no more documents are delivered.
         """
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def _fail(self, reason: Exception | Failure) -> None:
         if not self.done.called:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -464,10 +464,19 @@ class Membership:
             d.callback(None)
             return d
         self._leaving = d
-        timeout = self.clock.callLater(
-            self.config.membership.join_timeout * 3, lambda: d.called or d.callback(None)
-        )
-        d.addBoth(lambda result: (timeout.cancel() if timeout.active() else None, result)[1])
+
+        def time_out() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timeout = self.clock.callLater(self.config.membership.join_timeout * 3, time_out)
+
+        def stop_timeout(result: object) -> object:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        d.addBoth(stop_timeout)
         assert self.view is not None
         if self.is_coordinator:
             others = [
@@ -702,10 +711,10 @@ class Membership:
         entry = self.view.member(coordinator)
         if self._life_ended(entry):
             assert entry is not None
-            info = self.peers[coordinator]
+            peer_info = self.peers[coordinator]
             return (
                 f"coordinator {coordinator} restarted (incarnation {entry.incarnation} "
-                f"-> {info.life}): the life that held epoch {self.view.epoch} ended"
+                f"-> {peer_info.life}): the life that held epoch {self.view.epoch} ended"
             )
         if (
             self.max_epoch > self.view.epoch
@@ -988,10 +997,10 @@ class Membership:
                     )
                 incarnation = self._pending_alive.pop(node_id, None)
                 if incarnation is not None and incarnation > member.incarnation:
-                    current = changed[node_id]
-                    if current.state in (ALIVE, SUSPECT):
+                    latest = changed[node_id]
+                    if latest.state in (ALIVE, SUSPECT):
                         changed[node_id] = attrs.evolve(
-                            current,
+                            latest,
                             state=ALIVE,
                             incarnation=incarnation,
                             reason=f"refuted suspicion with incarnation {incarnation}",
@@ -2113,7 +2122,7 @@ class Membership:
 CONTROL_KINDS: tuple[str, ...] = tuple(Membership._handlers)
 
 
-def _is_incarnation(value: Any) -> bool:
+def _is_incarnation(value: Any) -> TypeGuard[int]:
     """
     Whether a peer-sent C{value} is an incarnation a view may carry.
     """

@@ -117,7 +117,7 @@ class Messenger:
         config: NodeConfig,
         serializer: ISerializer,
         serializers: dict[str, ISerializer],
-        transmit: Callable[[str, dict[str, Any]], None],
+        transmit: Callable[[str, Any], None],
         writable: Callable[[str], bool],
         view: Callable[[], View | None],
         rng: random.Random,
@@ -730,6 +730,7 @@ class Messenger:
                 not isinstance(upto, int)
                 or isinstance(upto, bool)
                 or not 0 <= upto < 2**62
+                or not isinstance(key, str)
                 or not self._is_causal_key(sender, key)
                 or not isinstance(envelope.get("rq", False), bool)
             ):
@@ -747,7 +748,7 @@ class Messenger:
         if kind == "c":
             stamp = VectorClock.from_wire(envelope.get("vc"))
             key = envelope.get("ck")
-            if not self._is_causal_key(sender, key):
+            if not isinstance(key, str) or not self._is_causal_key(sender, key):
                 raise ProtocolViolation("malformed_message", "bad causal key")
             if stamp.at(key) < 1:
                 raise ProtocolViolation(
@@ -1672,6 +1673,8 @@ class _EncodedEnvelope(dict):  # type: ignore[type-arg]
     """
 
     __slots__ = ("payload",)
+
+    payload: bytes
 
 
 def _labels(kind: Any) -> tuple[str, str]:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -74,7 +74,7 @@ _EARLY_HELD = 1024
 KINDS = frozenset({FORWARD, SEQUENCED, FLUSH_REQUEST, FLUSH_REPLY, OPEN, ALREADY, ACCEPTED, COMMIT})
 
 
-def _is_position_number(value: Any) -> bool:
+def _is_position_number(value: Any) -> TypeGuard[int]:
     """
     Whether a peer-sent C{value} is an epoch or sequence number.
     """
@@ -141,7 +141,7 @@ def _number(body: dict[str, Any], key: str, what: str) -> int:
     value = body.get(key)
     if not _is_position_number(value):
         raise ProtocolViolation("malformed_total", f"bad {what}: {key!r} is not a position number")
-    return int(value)
+    return value
 
 
 @attrs.define
@@ -851,9 +851,9 @@ class TotalOrder:
         upto = min(self._committed, self._accepted_upto)
         while self._delivered_seq < upto:
             self._delivered_seq += 1
-            entry = self._accepted.pop(self._delivered_seq, None)
-            if entry is not None and entry.position > self.last:
-                self._deliver_entry(entry)
+            held = self._accepted.pop(self._delivered_seq, None)
+            if held is not None and held.position > self.last:
+                self._deliver_entry(held)
 
     def _deliver_entry(self, entry: Entry) -> None:
         self.last = entry.position

@@ -295,16 +295,21 @@ class MessagingChecker:
                     f"t={time:.3f} {node_id} delivered {msg_id} at {pos}, but it was delivered "
                     f"at {placed} elsewhere (total order broken: sequenced twice)"
                 )
-            last = self._last_position.get(key)
+            last_pos = self._last_position.get(key)
             rejoined = key in self._rejoined
             self._rejoined.discard(key)
-            if last is not None and pos <= last:
+            if last_pos is not None and pos <= last_pos:
                 self.violations.append(
-                    f"t={time:.3f} {node_id} delivered position {pos} after {last} (regression)"
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last_pos} (regression)"
                 )
-            elif last is not None and not rejoined and pos[0] == last[0] and pos[1] != last[1] + 1:
+            elif (
+                last_pos is not None
+                and not rejoined
+                and pos[0] == last_pos[0]
+                and pos[1] != last_pos[1] + 1
+            ):
                 self.violations.append(
-                    f"t={time:.3f} {node_id} delivered position {pos} after {last} without "
+                    f"t={time:.3f} {node_id} delivered position {pos} after {last_pos} without "
                     "leaving the view in between (gap)"
                 )
             self._last_position[key] = pos

@@ -48,6 +48,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from clustron.errors import DeliveryFailed
+from clustron.messaging.message import Message
+from clustron.node import ClusterNode
 from clustron.testkit.checkers import MembershipChecker
 from clustron.testkit.cluster import SimCluster
 
@@ -355,7 +357,7 @@ def describe_views(cluster: SimCluster) -> str:
 
 
 def _snapshot(cluster: SimCluster) -> tuple[Any, ...]:
-    views = []
+    views: list[tuple[Any, ...]] = []
     for node in cluster.live():
         view = node.view
         if view is None or not node.membership.joined:
@@ -432,7 +434,11 @@ def check_liveness(
     answers: dict[str, Any] = {}
     live = cluster.live()
     for node in live:
-        node.on_message(PROBE_TOPIC, lambda message, node=node: [node.node_id, message.body])
+
+        def probe_reply(message: Message, node: ClusterNode = node) -> list[Any]:
+            return [node.node_id, message.body]
+
+        node.on_message(PROBE_TOPIC, probe_reply)
     for index, node in enumerate(live):
         for order in ("fifo", "causal", "total"):
             record_count = len(checker.broadcasts)
@@ -444,9 +450,11 @@ def check_liveness(
         target = live[(index + 1) % len(live)].node_id
         tag = f"{node.node_id}->{target}"
         replies.append(tag)
-        node.request(target, PROBE_TOPIC, tag, timeout=probe_time).addBoth(
-            lambda result, tag=tag: answers.__setitem__(tag, result)
-        )
+
+        def answered(result: Any, tag: str = tag) -> None:
+            answers[tag] = result
+
+        node.request(target, PROBE_TOPIC, tag, timeout=probe_time).addBoth(answered)
 
     def all_delivered() -> bool:
         lives = [checker._life_of(n) for n in live]

@@ -39,13 +39,16 @@ from __future__ import annotations
 
 import math
 import random
+import typing
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, ITransport
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -115,6 +118,32 @@ class LinkFaults:
 
 
 _FIELDS = tuple(field.name for field in attrs.fields(LinkFaults))
+
+
+class _TCPTransport(typing.Protocol):
+    """
+    What the proxy uses of a connected TCP transport: an C{ITCPTransport}
+    that is also an C{IPushProducer}.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...  # noqa: N802
+
+    def abortConnection(self) -> None: ...  # noqa: N802
+
+    def pauseProducing(self) -> None: ...  # noqa: N802
+
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+
+def _tcp(transport: ITransport | None) -> _TCPTransport:
+    """
+    @return: C{transport}, typed as what it is once a TCP protocol is
+        connected (Twisted types C{Protocol.transport} as an optional
+        C{ITransport}).
+    """
+    return cast(_TCPTransport, transport)
 
 
 class _Pipe:
@@ -234,7 +263,7 @@ class _Pair:
         self.down.cancel()
         for side in (self.client, self.target):
             if side is not None and side.transport is not None:
-                side.transport.abortConnection()
+                _tcp(side.transport).abortConnection()
         self.proxy._forget(self)
 
     def lost(self, side: str) -> None:
@@ -258,7 +287,7 @@ class _ClientSide(Protocol):
         self.gone = False
 
     def connectionMade(self) -> None:  # noqa: N802
-        self.transport.pauseProducing()
+        _tcp(self.transport).pauseProducing()
         self.pair = _Pair(self.proxy, self)
         self.pair.up.source = self.transport
         self.pair.down.sink = self.transport
@@ -269,7 +298,7 @@ class _ClientSide(Protocol):
         assert self.pair is not None
         self.pair.up.received(data)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.gone = True
         if self.pair is not None:
             self.pair.lost("client")
@@ -286,15 +315,15 @@ class _TargetSide(Protocol):
         pair.up.sink = self.transport
         pair.down.source = self.transport
         if pair.closed or pair.client.gone:
-            self.transport.loseConnection()
+            _tcp(self.transport).loseConnection()
             return
-        pair.client.transport.resumeProducing()
+        _tcp(pair.client.transport).resumeProducing()
         pair.up._schedule()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.pair.down.received(data)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.gone = True
         self.pair.lost("target")
 
@@ -426,7 +455,7 @@ class ChaosProxy:
         """
         if self._port is None:
             raise RuntimeError("the chaos proxy is not listening; call listen() first")
-        return int(self._port.getHost().port)
+        return int(cast("IPv4Address | IPv6Address", self._port.getHost()).port)
 
     def stop(self) -> defer.Deferred[None]:
         """
@@ -436,7 +465,10 @@ class ChaosProxy:
         port, self._port = self._port, None
         if port is None:
             return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening)
+        # stopListening returns a Deferred or None, which maybeDeferred's
+        # overloads do not model; either way the result fires with None.
+        stop_listening = cast("Callable[[], defer.Deferred[None]]", port.stopListening)
+        return defer.maybeDeferred(stop_listening)
 
     # -- internals ------------------------------------------------------------------
 

@@ -462,9 +462,7 @@ class _Traffic:
         elif step.action == "request":
             to = cluster.current(step.params["to"])
             d = node.request(to, REQUEST_TOPIC, tag, timeout=2.0)
-            d.addCallbacks(
-                self._replied, self._failed, (to, tag), None, (f"request {tag} to {to}",)
-            )
+            d.addCallbacks(self._replied, self._failed, (to, tag), {}, (f"request {tag} to {to}",))
         elif step.action == "send":
             to = cluster.current(step.params["to"])
             node.send(to, APP_TOPIC, tag).addErrback(self._failed, f"send {tag} to {to}")

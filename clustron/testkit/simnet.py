@@ -1279,7 +1279,12 @@ class SimTransport:
         self.network._send_event(self, "eof", None)
         protocol = self.protocol
         if protocol is not None and IHalfCloseableProtocol.providedBy(protocol):
-            self._soon(lambda: self._lost or protocol.writeConnectionLost())
+
+            def write_lost() -> None:
+                if not self._lost:
+                    protocol.writeConnectionLost()
+
+            self._soon(write_lost)
         if self._read_closed:
             self._close(Failure(error.ConnectionDone()), None)
 
@@ -1669,7 +1674,7 @@ class SimHost:
         self,
         host: str,
         port: int,
-        factory: ClientFactory,
+        factory: ClientFactory[Any],
         timeout: float = 30,
         bindAddress: tuple[str, int] | None = None,
     ) -> SimConnector:

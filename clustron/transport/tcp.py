@@ -63,7 +63,7 @@ class _NoDelay(Factory):
                     pass
             original(transport)
 
-        protocol.makeConnection = make_connection
+        protocol.makeConnection = make_connection  # type: ignore[method-assign]
         return protocol
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -204,11 +204,12 @@ def build_certificate_options(tls: Any, node_id: str) -> CertificateOptions:
             [("tls.cert", f"{tls.cert} was not issued by a CA in {tls.ca}; peers would refuse it")]
         )
     # cryptography objects, not pyOpenSSL ones: OpenSSL.SSL.Context accepts
-    # both, and pyOpenSSL deprecates its own.
+    # both, and pyOpenSSL deprecates its own (Twisted's annotations name
+    # only the pyOpenSSL types).
     options = CertificateOptions(
         privateKey=private_key,
-        certificate=leaf,
-        extraCertChain=chain[1:],
+        certificate=cast(X509, leaf),
+        extraCertChain=cast("list[X509]", chain[1:]),
         trustRoot=trustRootFromCertificates(
             [Certificate(X509.from_cryptography(c)) for c in authorities]
         ),

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
@@ -387,7 +387,9 @@ class Mesh:
         self.metrics.handshake_rejections.labels(label, "peer").inc()
         self.log.warn(
             "peer at {peer_address} refused our handshake: {reason}: {detail}",
-            peer_address=str(protocol.dial_address or protocol.transport.getPeer()),
+            peer_address=str(
+                protocol.dial_address or cast(ITransport, protocol.transport).getPeer()
+            ),
             reason=reject.reason,
             detail=reject.detail,
         )

@@ -17,7 +17,7 @@ queue is full too, L{PeerProtocol.send} raises L{QueueFull}.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -87,6 +87,34 @@ class Encoded:
 
     def __repr__(self) -> str:
         return f"Encoded({len(self.payload)} bytes, serializer {self.serializer_id})"
+
+
+class _PeerTransport(TypingProtocol):
+    """
+    What a connected L{PeerProtocol} uses of its transport: an
+    C{ITransport} that is also an C{IConsumer} (Twisted annotates
+    C{Protocol.transport} as an optional C{ITransport} alone).
+    """
+
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data} to the connection.
+        """
+
+    def loseConnection(self) -> None:  # noqa: N802
+        """
+        Close the connection once the written data is sent.
+        """
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:  # noqa: N802
+        """
+        Register C{producer} to be paused and resumed by the transport.
+        """
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        """
+        Stop pausing and resuming the registered producer.
+        """
 
 
 class PeerProtocolOwner(TypingProtocol):
@@ -213,14 +241,14 @@ class PeerProtocol(Protocol):
         """
         Register as a producer, send our HELLO and start the handshake timer.
         """
-        self.transport.registerProducer(self, True)
+        cast(_PeerTransport, self.transport).registerProducer(self, True)
         self._registered = True
         if (
             type(self.transport) in _WRITE_THROUGH_TYPES
             and not getattr(self.transport, "TLS", False)
             and all(hasattr(self.transport, name) for name in _WRITE_THROUGH_STATE)
         ):
-            self._write = self._write_through
+            self._write = self._write_through  # type: ignore[method-assign]
         self._timeout = self.owner.clock.callLater(
             self.owner.handshake_timeout, self._handshake_timed_out
         )
@@ -426,7 +454,7 @@ class PeerProtocol(Protocol):
             self._queued_bytes -= len(data)
             self.owner.metrics.send_queue_frames.dec()
             self._bytes_sent.value += len(data)
-            self.transport.write(data)
+            cast(_PeerTransport, self.transport).write(data)
 
     def _discard_queue(self) -> None:
         self.owner.metrics.send_queue_frames.dec(self.queued_frames)
@@ -439,8 +467,8 @@ class PeerProtocol(Protocol):
         # unregistered: without this the connection would never close.
         if self._registered:
             self._registered = False
-            self.transport.unregisterProducer()
-        self.transport.loseConnection()
+            cast(_PeerTransport, self.transport).unregisterProducer()
+        cast(_PeerTransport, self.transport).loseConnection()
 
     def _write_raw(self, data: bytes, frame_type: int) -> None:
         counts = self._frames_sent
@@ -564,7 +592,7 @@ class PeerProtocol(Protocol):
         refusal = self.owner.hello_received(self, hello)
         if refusal is not None:
             reason, detail = refusal
-            self.transport.write(
+            cast(_PeerTransport, self.transport).write(
                 framing.encode_frame(
                     framing.REJECT,
                     _handshake_json(Reject(reason, detail).to_dict()),
