@@ -168,7 +168,6 @@ class Messenger:
         self._unreliable_window = DedupWindow(messaging.dedup_window)
         self._fifo_out = FifoSender(incarnation)
         self._fifo_in = FifoReceiver()
-        self._fifo_in_streams = self._fifo_in._streams  # see frame_received
         # Causal order: one key per process ("node_id:incarnation") in the
         # vector clocks. Every causal envelope carries the id of the view its
         # sender was in, and is judged against a view of this node's at least
@@ -645,22 +644,10 @@ class Messenger:
                 if type(stamp) is not list or len(stamp) != 4:
                     raise ProtocolViolation("malformed_message", "bad FIFO stamp")
                 incarnation, stream, seq, first = stamp
-                # self._fifo_in.receive(...), with its common case inline
-                # (once per message): the next message of the current
-                # stream, with nothing buffered, is delivered at once.
-                state = self._fifo_in_streams.get(sender)
-                if (
-                    state is not None
-                    and seq == state.next
-                    and not state.buffer
-                    and type(seq) is int
-                    and type(first) is int
-                    and 1 <= first <= seq
-                    and type(incarnation) is int
-                    and type(stream) is int
-                    and (incarnation, stream) == state.generation
-                ):
-                    state.next = seq + 1
+                # The common case first (the next message of the current
+                # stream, nothing buffered): delivered at once, without an
+                # Arrival.
+                if self._fifo_in.take_next(sender, incarnation, seq, stream, first):
                     receiver.record_taken(sender, msg_id, key)
                     self._dispatch(sender, msg_id, envelope)
                     return

@@ -304,6 +304,31 @@ class FifoReceiver:
         state = self._streams.get(sender)
         return state.next if state is not None else None
 
+    def take_next(
+        self, sender: str, incarnation: Any, seq: Any, stream_id: Any, first: Any
+    ) -> bool:
+        """
+        The common case of L{receive}, without its L{Arrival}: when the
+        message is the next one of C{sender}'s current stream and nothing is
+        buffered, take it (the caller delivers it at once) and return True;
+        otherwise change nothing and return False (call L{receive}).
+        """
+        state = self._streams.get(sender)
+        if (
+            state is not None
+            and seq == state.next
+            and not state.buffer
+            and type(seq) is int
+            and type(first) is int
+            and 1 <= first <= seq
+            and type(incarnation) is int
+            and type(stream_id) is int
+            and (incarnation, stream_id) == state.generation
+        ):
+            state.next = seq + 1
+            return True
+        return False
+
     def receive(
         self,
         sender: str,
@@ -328,21 +353,7 @@ class FifoReceiver:
         @raise ProtocolViolation: when a number is not a valid int, or
             C{first} is above C{seq}.
         """
-        state = self._streams.get(sender)
-        if (
-            state is not None
-            and seq == state.next
-            and not state.buffer
-            and type(seq) is int
-            and type(first) is int
-            and 1 <= first <= seq
-            and type(incarnation) is int
-            and type(stream_id) is int
-            and (incarnation, stream_id) == state.generation
-        ):
-            # The common case (the next message of the current stream, with
-            # nothing buffered): what the checks and branches below come to.
-            state.next = seq + 1
+        if self.take_next(sender, incarnation, seq, stream_id, first):
             return Arrival(True, DELIVERED, (payload,))
         _check_count("incarnation", incarnation, 0)
         _check_count("stream_id", stream_id, 0)
